@@ -1,0 +1,3 @@
+"""nsvisor: a container supervisor on Linux namespaces and cgroups."""
+
+__version__ = "0.1.0"
