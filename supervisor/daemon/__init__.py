@@ -1,0 +1,1 @@
+"""The nsvisor daemon: one trio event loop supervising every container."""
