@@ -1,0 +1,316 @@
+"""The control API: HTTP/1.1 + JSON over a Unix socket (mode 0600), served by
+hypercorn on trio. A small ASGI application with a table of routes; streams
+(attached run, logs -f, events) are newline-delimited JSON.
+
+Routes (all under /v1):
+  GET    /version
+  GET    /containers?all=0|1
+  POST   /containers[?attach=1]        body {"spec": {...}, "start": bool}
+  GET    /containers/NAME
+  POST   /containers/NAME/start|stop|restart|kill   (?timeout=S, ?signal=SIG)
+  DELETE /containers/NAME[?force=1]
+  GET    /containers/NAME/logs?follow=0|1&tail=N
+  POST   /containers/NAME/wait
+  GET    /events
+Errors: {"error": str, "problems": [{"field", "message"}]} with 400 (bad
+input), 404 (no such container), 409 (state conflict), 500 (kernel/launch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import structlog
+import trio
+
+from supervisor import __version__
+from supervisor.daemon.containers import ContainerManager
+from supervisor.daemon.events import EventBus
+from supervisor.daemon.logs import follow_log
+from supervisor.errors import ConfigError, KernelError, NotFoundError, Problem, StateError
+from supervisor.runtime.zygote import LaunchError
+from supervisor.units import parse_signal
+
+log = structlog.get_logger("nsvisor.api")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Request:
+    def __init__(self, scope: Scope, receive: Receive, params: dict[str, str]) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.params = params
+        self.query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+
+    async def json(self) -> Any:
+        body = b""
+        while True:
+            msg = await self.receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        if not body:
+            return {}
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise ConfigError([Problem("body", f"request body is not valid JSON: {exc}")]) from None
+
+    def flag(self, key: str) -> bool:
+        return self.query.get(key, "0").lower() in ("1", "true", "yes")
+
+    def number(self, key: str) -> float | None:
+        value = self.query.get(key)
+        if value is None or value == "":
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError([Problem(key, f"{value!r} is not a number")]) from None
+
+
+class Stream:
+    """An ndjson response body produced by an async iterator."""
+
+    def __init__(self, lines: AsyncIterator[dict[str, Any]]) -> None:
+        self.lines = lines
+
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+class Api:
+    def __init__(self, manager: ContainerManager, events: EventBus) -> None:
+        self.m = manager
+        self.events = events
+        self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        n = r"(?P<name>[^/]+)"
+        for method, pattern, handler in [
+            ("GET", r"/v1/version", self.version),
+            ("GET", r"/v1/containers", self.list),
+            ("POST", r"/v1/containers", self.create),
+            ("GET", rf"/v1/containers/{n}", self.inspect),
+            ("DELETE", rf"/v1/containers/{n}", self.remove),
+            ("POST", rf"/v1/containers/{n}/start", self.start),
+            ("POST", rf"/v1/containers/{n}/stop", self.stop),
+            ("POST", rf"/v1/containers/{n}/restart", self.restart),
+            ("POST", rf"/v1/containers/{n}/kill", self.kill),
+            ("POST", rf"/v1/containers/{n}/wait", self.wait),
+            ("GET", rf"/v1/containers/{n}/logs", self.logs),
+            ("GET", r"/v1/events", self.event_stream),
+        ]:
+            self.routes.append((method, re.compile(pattern + "$"), handler))
+
+    # ---- ASGI plumbing -------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        allowed = False
+        for m, pattern, handler in self.routes:
+            match = pattern.match(path)
+            if not match:
+                continue
+            allowed = True
+            if m != method:
+                continue
+            req = Request(scope, receive, match.groupdict())
+            try:
+                result = await handler(req)
+            except ConfigError as exc:
+                problems = [{"field": p.field, "message": p.message} for p in exc.problems]
+                await _reply(send, 400, {"error": "invalid request", "problems": problems})
+            except NotFoundError as exc:
+                await _reply(send, 404, {"error": str(exc)})
+            except StateError as exc:
+                await _reply(send, 409, {"error": str(exc)})
+            except (LaunchError, KernelError, OSError) as exc:
+                log.error("api.error", path=path, error=str(exc))
+                await _reply(send, 500, {"error": str(exc)})
+            else:
+                if isinstance(result, Stream):
+                    await _stream(send, receive, result)
+                else:
+                    await _reply(send, 200, result)
+            return
+        if allowed:
+            await _reply(send, 405, {"error": f"method {method} not allowed on {path}"})
+        else:
+            await _reply(send, 404, {"error": f"no such endpoint: {method} {path}"})
+
+    # ---- handlers ------------------------------------------------------------
+
+    async def version(self, req: Request) -> Any:
+        return {"version": __version__, "cgroup_layout": self.m.cgroups.layout}
+
+    async def list(self, req: Request) -> Any:
+        show_all = req.flag("all")
+        return [
+            self.m.summary(c)
+            for c in sorted(self.m.containers.values(), key=lambda c: c.created_at)
+            if show_all or c.state in ("running", "starting", "stopping", "restarting")
+        ]
+
+    async def create(self, req: Request) -> Any:
+        body = await req.json()
+        if not isinstance(body, dict) or not isinstance(body.get("spec", {}), dict):
+            raise ConfigError([Problem("body", 'expected {"spec": {...}, "start": true|false}')])
+        c = self.m.create(dict(body.get("spec", {})))
+        attach = req.flag("attach")
+        if not (body.get("start") or attach):
+            return {"name": c.name}
+        if not attach:
+            try:
+                await self.m.start(c.name)
+            except Exception:
+                await self._discard(c.name)
+                raise
+            return {"name": c.name}
+        return Stream(self._attached_run(c.name))
+
+    async def _discard(self, name: str) -> None:
+        """A container whose very first start failed is removed again, so a
+        failed `run` leaves nothing behind (no state entry, no cgroup)."""
+        with trio.CancelScope(shield=True):
+            if name in self.m.containers:
+                await self.m.remove(name, force=True)
+
+    async def _attached_run(self, name: str) -> AsyncIterator[dict[str, Any]]:
+        c = self.m.get(name)
+        yield {"name": name}
+        with open(c.log_path, "rb") as logf:
+            try:
+                await self.m.start(name)
+            except Exception as exc:
+                await self._discard(name)
+                yield {"error": str(exc)}
+                return
+            run = c.run
+            assert run is not None
+            async for record in follow_log(logf, stop=run.done):
+                yield record
+            yield {"exit_code": run.exit_code, "oom_killed": run.oom_killed}
+
+    async def inspect(self, req: Request) -> Any:
+        return self.m.inspect(self.m.get(req.params["name"]))
+
+    async def remove(self, req: Request) -> Any:
+        await self.m.remove(req.params["name"], force=req.flag("force"))
+        return {"name": req.params["name"]}
+
+    async def start(self, req: Request) -> Any:
+        c = await self.m.start(req.params["name"])
+        return {"name": c.name, "state": c.state}
+
+    async def stop(self, req: Request) -> Any:
+        await self.m.stop(req.params["name"], req.number("timeout"))
+        return {"name": req.params["name"]}
+
+    async def restart(self, req: Request) -> Any:
+        c = await self.m.restart(req.params["name"], req.number("timeout"))
+        return {"name": c.name, "state": c.state}
+
+    async def kill(self, req: Request) -> Any:
+        try:
+            sig = parse_signal(req.query.get("signal", "KILL"))
+        except ValueError as exc:
+            raise ConfigError([Problem("signal", str(exc))]) from None
+        await self.m.kill(req.params["name"], sig)
+        return {"name": req.params["name"]}
+
+    async def wait(self, req: Request) -> Any:
+        c = self.m.get(req.params["name"])
+        while c.state in ("starting", "running", "stopping", "restarting"):
+            await c.changed.wait()
+        return {"name": c.name, "exit_code": c.exit_code, "oom_killed": c.oom_killed}
+
+    async def logs(self, req: Request) -> Any:
+        c = self.m.get(req.params["name"])
+        tail = req.number("tail")
+        follow = req.flag("follow")
+
+        async def lines() -> AsyncIterator[dict[str, Any]]:
+            with open(c.log_path, "rb") as logf:
+                async for record in follow_log(
+                    logf,
+                    stop=None if follow else _SET,
+                    tail=int(tail) if tail is not None and tail >= 0 else None,
+                    still_active=lambda: c.state in ("starting", "running", "stopping", "restarting"),
+                    changed=lambda: c.changed,
+                ):
+                    yield record
+
+        return Stream(lines())
+
+    async def event_stream(self, req: Request) -> Any:
+        async def lines() -> AsyncIterator[dict[str, Any]]:
+            async with self.events.subscribe() as recv:
+                yield {"action": "subscribed", "type": "stream"}
+                async for event in recv:
+                    yield event
+
+        return Stream(lines())
+
+
+_SET = trio.Event()
+_SET.set()
+
+
+async def _reply(send: Send, status: int, body: Any) -> None:
+    data = json.dumps(body).encode() + b"\n"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _stream(send: Send, receive: Receive, stream: Stream) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/x-ndjson")],
+        }
+    )
+    async with trio.open_nursery() as nursery:
+
+        async def watch_disconnect() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch_disconnect)
+        try:
+            async for line in stream.lines:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": json.dumps(line).encode() + b"\n",
+                        "more_body": True,
+                    }
+                )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            nursery.cancel_scope.cancel()

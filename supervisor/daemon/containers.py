@@ -1,0 +1,569 @@
+"""Container supervision: the daemon's model of every container and the trio
+tasks that start, wait for, restart and stop them.
+
+One task per active container runs `_supervise`: launch through the zygote,
+wait on the monitor's pidfd, read the exit file, ask the pure policy
+(supervisor.policy.decide) what to do, sleep the backoff, repeat. Requests
+from the API (`stop`, `remove`, ...) change flags and signal the monitor; they
+never reap or launch themselves, so there is one code path for every exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+
+from supervisor.cgroups import CgroupManager
+from supervisor.config import ContainerSpec, validate_container
+from supervisor.daemon import translate
+from supervisor.daemon.events import EventBus
+from supervisor.daemon.reaper import Reaper
+from supervisor.daemon.statefile import read_json, write_json
+from supervisor.errors import ConfigError, NotFoundError, Problem, StateError
+from supervisor.lifecycle import State, is_active, transition
+from supervisor.policy import decide, start_on_boot
+from supervisor.runtime.zygote import Launched, LaunchError, Zygote
+
+log = structlog.get_logger("nsvisor")
+
+
+@dataclass
+class Run:
+    """One execution of a container's workload (a monitor process)."""
+
+    pid: int
+    pidfd: int
+    pid_starttime: int | None
+    started_at: float
+    workload_pid: int | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+
+@dataclass
+class Container:
+    name: str
+    spec: ContainerSpec
+    created_at: float
+    dir: str
+    state: State = "created"
+    run: Run | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    oom_killed: bool = False
+    restart_count: int = 0
+    stopped_by_user: bool = False
+    last_delay_s: float | None = None
+    next_restart_at: float | None = None
+    error: str | None = None
+    from_config: bool = False
+    backoff_scope: trio.CancelScope | None = None
+    supervised: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "container.log")
+
+    @property
+    def exit_path(self) -> str:
+        return os.path.join(self.dir, "exit.json")
+
+
+def _proc_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: with the pid, identifies a process for good
+    (a recycled pid has a different start time)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return int(rest[19])
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        *,
+        state_dir: str,
+        zygote: Zygote,
+        cgroups: CgroupManager,
+        reaper: Reaper,
+        events: EventBus,
+        defaults: dict[str, Any] | None = None,
+        host_cpus: int | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.containers_dir = os.path.join(state_dir, "containers")
+        os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
+        self.zygote = zygote
+        self.cgroups = cgroups
+        self.reaper = reaper
+        self.events = events
+        self.defaults = dict(defaults or {})
+        self.host_cpus = host_cpus or os.cpu_count() or 1
+        self.containers: dict[str, Container] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # ---- lookup -------------------------------------------------------------
+
+    def get(self, name: str) -> Container:
+        try:
+            return self.containers[name]
+        except KeyError:
+            raise NotFoundError(f"no such container: {name}") from None
+
+    def _set_state(self, c: Container, event: Any) -> None:
+        c.state = transition(c.name, c.state, event)
+        old, c.changed = c.changed, trio.Event()
+        old.set()
+        self._persist(c)
+
+    def _persist(self, c: Container) -> None:
+        run = c.run
+        write_json(
+            os.path.join(c.dir, "state.json"),
+            {
+                "state": c.state,
+                "created_at": c.created_at,
+                "started_at": c.started_at,
+                "finished_at": c.finished_at,
+                "exit_code": c.exit_code,
+                "oom_killed": c.oom_killed,
+                "restart_count": c.restart_count,
+                "stopped_by_user": c.stopped_by_user,
+                "from_config": c.from_config,
+                "pid": run.pid if run else None,
+                "pid_starttime": run.pid_starttime if run else None,
+                "workload_pid": run.workload_pid if run else None,
+            },
+        )
+
+    # ---- create / remove ----------------------------------------------------
+
+    def _new_name(self) -> str:
+        while True:
+            name = "c-" + secrets.token_hex(4)
+            if name not in self.containers:
+                return name
+
+    def validate(self, raw: dict[str, Any]) -> ContainerSpec:
+        merged = {**self.defaults, **raw}
+        if not merged.get("name"):
+            merged["name"] = self._new_name()
+        return validate_container(merged, host_cpus=self.host_cpus)
+
+    def create(self, raw: dict[str, Any], *, from_config: bool = False) -> Container:
+        """Validate and register a container. Nothing is created on the host
+        (no state entry, no cgroup) unless the whole spec is valid."""
+        spec = self.validate(raw)
+        if spec.name in self.containers:
+            raise StateError(
+                f"container name {spec.name!r} is already in use; "
+                f"remove it first (nsvisor rm -f {spec.name}) or choose another --name"
+            )
+        cdir = os.path.join(self.containers_dir, spec.name)
+        os.makedirs(cdir, mode=0o700, exist_ok=True)
+        c = Container(name=spec.name, spec=spec, created_at=time.time(), dir=cdir)
+        c.from_config = from_config
+        write_json(os.path.join(cdir, "config.json"), spec.to_raw())
+        # The log file exists from the start so that a reader can open it
+        # before the first line is written (attached run, logs -f).
+        with open(c.log_path, "ab"):
+            pass
+        self.containers[spec.name] = c
+        self._persist(c)
+        self.events.publish("create", spec.name, rootfs=spec.rootfs)
+        return c
+
+    async def remove(self, name: str, *, force: bool = False) -> None:
+        c = self.get(name)
+        if is_active(c.state):
+            if not force:
+                raise StateError(
+                    f"container {name} is {c.state}: stop it first (nsvisor stop {name}) or use rm -f"
+                )
+            await self.kill_and_wait(c)
+        self._set_state(c, "remove")
+        await trio.to_thread.run_sync(self.cgroups.remove, c.name)
+        shutil.rmtree(c.dir, ignore_errors=True)
+        del self.containers[name]
+        self.events.publish("destroy", name)
+
+    # ---- start --------------------------------------------------------------
+
+    def attach_nursery(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    async def start(self, name: str) -> Container:
+        """Start a created or exited container; returns once the workload has
+        been exec'd (or raises the launch error)."""
+        c = self.get(name)
+        if c.state in ("running", "starting", "stopping"):
+            return c  # like docker start: starting a running container is a no-op
+        if c.state == "restarting":
+            # The user asks for it now: skip the rest of the backoff.
+            if c.backoff_scope is not None:
+                c.backoff_scope.cancel()
+            return c
+        c.stopped_by_user = False
+        c.restart_count = 0
+        c.last_delay_s = None
+        assert self._nursery is not None
+        await self._nursery.start(self._supervise, c)
+        return c
+
+    async def _launch(self, c: Container) -> Run:
+        self._set_state(c, "start")
+        c.error = None
+        try:
+            limits = translate.limits_for(c.spec)
+            await trio.to_thread.run_sync(self.cgroups.create, c.name, limits)
+            with _suppress_enoent():
+                os.unlink(c.exit_path)
+            t0 = time.monotonic()
+            launched: Launched = await self.zygote.launch(
+                translate.launch_spec_for(c.spec, self.cgroups, c.log_path, c.exit_path)
+            )
+        except BaseException as exc:
+            c.error = str(exc)
+            self._set_state(c, "failed")
+            self.events.publish("start_failed", c.name, error=str(exc))
+            raise
+        self.reaper.expect(launched.pid)
+        run = Run(
+            pid=launched.pid,
+            pidfd=launched.pidfd,
+            pid_starttime=_proc_starttime(launched.pid),
+            started_at=launched.started_at,
+            workload_pid=launched.workload_pid,
+        )
+        c.run = run
+        c.started_at = run.started_at
+        self._set_state(c, "started")
+        self.events.publish(
+            "start",
+            c.name,
+            pid=run.pid,
+            restart_count=c.restart_count,
+            start_duration_s=round(time.monotonic() - t0, 6),
+        )
+        return run
+
+    async def _supervise(
+        self,
+        c: Container,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        *,
+        adopted: Run | None = None,
+    ) -> None:
+        """Launch, wait, decide, back off, relaunch: until the policy says stop."""
+        c.supervised = True
+        try:
+            run = adopted if adopted is not None else await self._launch(c)
+            task_status.started()
+            while True:
+                await self._wait_exit(c, run)
+                decision = decide(
+                    c.spec.restart,
+                    c.spec.backoff,
+                    exit_code=c.exit_code if c.exit_code is not None else 255,
+                    restart_count=c.restart_count,
+                    stopped_by_user=c.stopped_by_user,
+                    run_s=(c.finished_at or time.time()) - run.started_at,
+                    previous_delay_s=c.last_delay_s,
+                )
+                if not decision.restart:
+                    break
+                c.last_delay_s = decision.delay_s
+                c.next_restart_at = time.time() + decision.delay_s
+                self._set_state(c, "schedule_restart")
+                self.events.publish(
+                    "restarting",
+                    c.name,
+                    exit_code=c.exit_code,
+                    restart_in_s=round(decision.delay_s, 3),
+                    restart_count=c.restart_count + 1,
+                )
+                with trio.CancelScope() as scope:
+                    c.backoff_scope = scope
+                    await trio.sleep(decision.delay_s)
+                c.backoff_scope = None
+                c.next_restart_at = None
+                if c.stopped_by_user or c.state != "restarting":
+                    break
+                c.restart_count += 1
+                try:
+                    run = await self._launch(c)
+                except Exception as exc:  # a failed restart ends the loop, reported above
+                    log.warning("container.restart_failed", container=c.name, error=str(exc))
+                    break
+        finally:
+            c.supervised = False
+        if c.spec.auto_remove and c.state == "exited" and c.name in self.containers:
+            with trio.CancelScope(shield=True):
+                await self.remove(c.name)
+
+    async def _wait_exit(self, c: Container, run: Run) -> None:
+        await trio.lowlevel.wait_readable(run.pidfd)
+        status = self.reaper.collect(run.pid)
+        os.close(run.pidfd)
+        try:
+            record = read_json(c.exit_path)
+            code = int(record["exit_code"])
+            oom = bool(record.get("oom_killed", False))
+            finished = float(record.get("finished_at", time.time()))
+        except (OSError, ValueError, KeyError, TypeError):
+            # The monitor died without writing its exit file (SIGKILL, OOM
+            # kill of the monitor itself): the container's pid namespace died
+            # with it; make sure nothing is left in the cgroup.
+            code = status if status is not None else 255
+            oom = False
+            finished = time.time()
+            log.warning("container.monitor_lost", container=c.name, monitor_exit=status)
+            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+        run.exit_code, run.oom_killed = code, oom
+        c.exit_code, c.oom_killed, c.finished_at = code, oom, finished
+        if c.state == "restarting":  # adopted while in backoff: nothing to do
+            pass
+        self._set_state(c, "exit")
+        run.done.set()
+        self.events.publish("die", c.name, exit_code=code, oom_killed=oom)
+        if oom:
+            self.events.publish("oom", c.name)
+
+    # ---- stop / kill --------------------------------------------------------
+
+    def _signal(self, c: Container, sig: int) -> None:
+        run = c.run
+        if run is None or run.done.is_set():
+            return
+        try:
+            signal.pidfd_send_signal(run.pidfd, sig)
+        except ProcessLookupError:
+            pass
+
+    async def kill(self, name: str, sig: int) -> None:
+        c = self.get(name)
+        if c.state not in ("running", "stopping"):
+            raise StateError(f"container {name} is not running ({c.state})")
+        self.events.publish("kill", name, signal=signal.Signals(sig).name)
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            # The monitor forwards signals it can catch; these two it cannot,
+            # and sending them to it would take down the whole pid namespace
+            # without an exit record. Kill the workload's cgroup instead.
+            if sig == signal.SIGSTOP:
+                raise StateError("SIGSTOP cannot be forwarded; pausing is not supported")
+            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            return
+        self._signal(c, sig)
+
+    async def stop(self, name: str, timeout_s: float | None = None) -> None:
+        """Stop signal, grace period, then SIGKILL of the whole cgroup. The
+        container is marked stopped by the user: no policy restarts it."""
+        c = self.get(name)
+        c.stopped_by_user = True
+        self._persist(c)
+        if c.state == "restarting":
+            if c.backoff_scope is not None:
+                c.backoff_scope.cancel()
+            self._set_state(c, "stop")
+            self.events.publish("stop", name)
+            return
+        if c.state not in ("running", "stopping", "starting"):
+            return  # already stopped: like docker, not an error
+        grace = c.spec.stop_timeout_s if timeout_s is None else timeout_s
+        while c.state == "starting":
+            await c.changed.wait()
+        run = c.run
+        if run is None or c.state != "running":
+            return
+        self._set_state(c, "stop")
+        sig = c.spec.stop_signal
+        if sig == signal.SIGKILL:
+            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+        else:
+            self._signal(c, sig)
+        with trio.move_on_after(grace):
+            await run.done.wait()
+        if not run.done.is_set():
+            log.info("container.stop_timeout", container=name, grace_s=grace)
+            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await run.done.wait()
+        await self._wait_unsupervised(c)
+        self.events.publish("stop", name, exit_code=c.exit_code)
+
+    async def _wait_unsupervised(self, c: Container) -> None:
+        while c.supervised and c.state not in ("exited", "created"):
+            await c.changed.wait()
+
+    async def kill_and_wait(self, c: Container) -> None:
+        c.stopped_by_user = True
+        if c.state == "restarting" and c.backoff_scope is not None:
+            c.backoff_scope.cancel()
+            self._set_state(c, "stop")
+        run = c.run
+        if run is not None and not run.done.is_set():
+            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await run.done.wait()
+        while c.supervised:
+            await c.changed.wait()
+
+    async def restart(self, name: str, timeout_s: float | None = None) -> Container:
+        await self.stop(name, timeout_s)
+        return await self.start(name)
+
+    # ---- views --------------------------------------------------------------
+
+    def summary(self, c: Container) -> dict[str, Any]:
+        return {
+            "name": c.name,
+            "state": c.state,
+            "pid": c.run.pid if c.run and c.state in ("running", "stopping") else None,
+            "rootfs": c.spec.rootfs,
+            "command": list(c.spec.command),
+            "created_at": c.created_at,
+            "started_at": c.started_at,
+            "finished_at": c.finished_at,
+            "exit_code": c.exit_code,
+            "oom_killed": c.oom_killed,
+            "restart_count": c.restart_count,
+        }
+
+    def inspect(self, c: Container) -> dict[str, Any]:
+        out = self.summary(c)
+        out.update(
+            {
+                "config": c.spec.to_raw(),
+                "restart_policy": str(c.spec.restart),
+                "workload_pid": c.run.workload_pid if c.run and c.state == "running" else None,
+                "stopped_by_user": c.stopped_by_user,
+                "next_restart_at": c.next_restart_at,
+                "backoff_s": c.last_delay_s,
+                "error": c.error,
+                "cgroup": self.cgroups.path(c.name),
+                "cgroup_layout": self.cgroups.layout,
+                "log_path": c.log_path,
+                "from_config": c.from_config,
+            }
+        )
+        return out
+
+    # ---- daemon start: restore ----------------------------------------------
+
+    def load_persisted(self) -> list[tuple[Container, dict[str, Any]]]:
+        """Read every container's state directory. A corrupt entry is reported
+        and skipped; it never stops the daemon."""
+        out: list[tuple[Container, dict[str, Any]]] = []
+        for name in sorted(os.listdir(self.containers_dir)):
+            cdir = os.path.join(self.containers_dir, name)
+            try:
+                raw = read_json(os.path.join(cdir, "config.json"))
+                st = read_json(os.path.join(cdir, "state.json"))
+                spec = validate_container(raw, host_cpus=self.host_cpus, check_fs=False)
+            except (OSError, ValueError, ConfigError) as exc:
+                log.error("state.corrupt", container=name, path=cdir, error=str(exc))
+                continue
+            c = Container(name=spec.name, spec=spec, created_at=float(st.get("created_at", 0)), dir=cdir)
+            c.started_at = st.get("started_at")
+            c.finished_at = st.get("finished_at")
+            c.exit_code = st.get("exit_code")
+            c.oom_killed = bool(st.get("oom_killed", False))
+            c.restart_count = int(st.get("restart_count", 0))
+            c.stopped_by_user = bool(st.get("stopped_by_user", False))
+            c.from_config = bool(st.get("from_config", False))
+            c.state = "exited" if st.get("state") not in ("created",) else "created"
+            self.containers[c.name] = c
+            out.append((c, st))
+        return out
+
+    async def restore(self, c: Container, st: dict[str, Any]) -> None:
+        """Re-adopt a container whose monitor survived the previous daemon, or
+        account for its exit and apply its policy."""
+        assert self._nursery is not None
+        pid, starttime = st.get("pid"), st.get("pid_starttime")
+        was_running = st.get("state") in ("running", "stopping", "starting", "restarting")
+        if was_running and pid and starttime and _proc_starttime(int(pid)) == int(starttime):
+            try:
+                pidfd = os.pidfd_open(int(pid))
+            except ProcessLookupError:
+                pidfd = -1
+            if pidfd >= 0 and _proc_starttime(int(pid)) == int(starttime):
+                run = Run(
+                    pid=int(pid),
+                    pidfd=pidfd,
+                    pid_starttime=int(starttime),
+                    started_at=float(st.get("started_at") or time.time()),
+                    workload_pid=st.get("workload_pid"),
+                )
+                c.run = run
+                c.state = "running"
+                self._persist(c)
+                self.events.publish("adopt", c.name, pid=run.pid)
+                await self._nursery.start(_adopt_task(self, c, run))
+                return
+            if pidfd >= 0:
+                os.close(pidfd)
+        if was_running:
+            # It exited while no daemon was watching: report its real code.
+            try:
+                record = read_json(c.exit_path)
+                c.exit_code = int(record["exit_code"])
+                c.oom_killed = bool(record.get("oom_killed", False))
+                c.finished_at = float(record.get("finished_at", time.time()))
+            except (OSError, ValueError, KeyError, TypeError):
+                c.exit_code = c.exit_code if c.exit_code is not None else 255
+            self._persist(c)
+            self.events.publish("die", c.name, exit_code=c.exit_code, oom_killed=c.oom_killed)
+            restart = decide(
+                c.spec.restart,
+                c.spec.backoff,
+                exit_code=c.exit_code if c.exit_code is not None else 255,
+                restart_count=c.restart_count,
+                stopped_by_user=c.stopped_by_user,
+                run_s=0.0,
+                previous_delay_s=None,
+            ).restart
+        else:
+            restart = start_on_boot(
+                c.spec.restart, stopped_by_user=c.stopped_by_user, was_running=False
+            ) and c.spec.restart.name in ("always", "unless-stopped")
+        if restart:
+            try:
+                await self.start(c.name)
+            except Exception as exc:
+                log.error("container.restore_failed", container=c.name, error=str(exc))
+
+
+def _adopt_task(
+    mgr: ContainerManager, c: Container, run: Run
+) -> Callable[..., Any]:
+    async def task(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await mgr._supervise(c, task_status, adopted=run)
+
+    return task
+
+
+class _suppress_enoent:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> bool:
+        return isinstance(exc, OSError) and exc.errno == errno.ENOENT
+
+
+__all__ = ["Container", "ContainerManager", "LaunchError", "Problem", "Run"]
