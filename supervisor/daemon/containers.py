@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 import trio
 
+from exporters.view import ContainerView
 from supervisor.cgroups import CgroupManager
 from supervisor.config import ContainerSpec, validate_container
 from supervisor.daemon import translate
@@ -117,6 +118,7 @@ class ContainerManager:
         self.defaults = dict(defaults or {})
         self.host_cpus = host_cpus or os.cpu_count() or 1
         self.containers: dict[str, Container] = {}
+        self.views: tuple[ContainerView, ...] = ()
         self._nursery: trio.Nursery | None = None
 
     # ---- lookup -------------------------------------------------------------
@@ -132,6 +134,24 @@ class ContainerManager:
         old, c.changed = c.changed, trio.Event()
         old.set()
         self._persist(c)
+        self._publish_views()
+
+    def _publish_views(self) -> None:
+        """Replace the exporter's immutable snapshot in one assignment."""
+        self.views = tuple(
+            ContainerView(
+                name=c.name,
+                cgroup_name=c.name,
+                cgroup_path=self.cgroups.path(c.name),
+                image=c.spec.rootfs,
+                state=c.state,
+                restart_count=c.restart_count,
+                exit_code=c.exit_code,
+                started_at=c.started_at,
+                backoff_s=c.last_delay_s,
+            )
+            for c in self.containers.values()
+        )
 
     def _persist(self, c: Container) -> None:
         run = c.run
@@ -202,6 +222,7 @@ class ContainerManager:
         await trio.to_thread.run_sync(self.cgroups.remove, c.name)
         shutil.rmtree(c.dir, ignore_errors=True)
         del self.containers[name]
+        self._publish_views()
         self.events.publish("destroy", name)
 
     # ---- start --------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""From the user's ContainerSpec to what the kernel-facing layers take: cgroup
+Limits and the zygote's LaunchSpec. Pure; the one place that maps one to the
+others."""
+
+from __future__ import annotations
+
+from supervisor.cgroups import CgroupManager, Limits
+from supervisor.config import ContainerSpec
+from supervisor.runtime.spec import LaunchSpec, Mount, Namespaces
+
+
+def limits_for(spec: ContainerSpec) -> Limits:
+    return Limits(
+        memory_max=spec.memory_bytes,
+        swap_max=spec.swap_bytes,
+        cpu_quota_us=spec.cpu_quota_us,
+        cpu_period_us=spec.cpu_period_us,
+        cpu_shares=spec.cpu_shares,
+        cpu_weight=spec.cpu_weight,
+        pids_max=spec.pids_limit,
+        io_weight=spec.io_weight,
+    )
+
+
+def _mount(m: object) -> Mount:
+    from supervisor.config import Mount as SpecMount
+
+    assert isinstance(m, SpecMount)
+    options: list[str] = []
+    if m.type == "tmpfs":
+        if m.size_bytes is not None:
+            options.append(f"size={m.size_bytes}")
+        if m.mode is not None:
+            options.append(f"mode={m.mode:o}")
+        options.extend(m.flags)
+    return Mount(
+        type=m.type,
+        destination=m.destination,
+        source=m.source,
+        readonly=m.read_only,
+        options=tuple(options),
+    )
+
+
+def launch_spec_for(
+    spec: ContainerSpec, cgroups: CgroupManager, log_path: str, exit_path: str
+) -> LaunchSpec:
+    return LaunchSpec(
+        name=spec.name,
+        rootfs=spec.rootfs,
+        argv=spec.command,
+        env=spec.env,
+        cwd=spec.workdir,
+        uid=spec.uid,
+        gid=spec.gid,
+        additional_gids=spec.additional_gids,
+        hostname=spec.hostname if spec.uts == "private" else "",
+        namespaces=Namespaces(
+            pid=spec.pid, uts=spec.uts, ipc=spec.ipc, cgroup=spec.cgroupns, net=spec.network
+        ),
+        mounts=tuple(_mount(m) for m in spec.mounts),
+        read_only=spec.read_only,
+        capabilities=tuple(sorted(spec.capabilities)),
+        cgroup_procs=tuple(cgroups.procs_files(spec.name)),
+        oom_kill_file=cgroups.oom_kill_file(spec.name),
+        log_path=log_path,
+        exit_path=exit_path,
+    )
