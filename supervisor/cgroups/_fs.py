@@ -1,0 +1,266 @@
+"""The thin shell both backends share: read, write, mkdir and rmdir of cgroup
+files, with errors turned into KernelError messages that say how to fix them.
+
+Plain paths under an injectable root: unit tests point the root at a fixture
+tree in tmp_path, kernel tests at the real /sys/fs/cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from supervisor.errors import KernelError
+
+from . import parse
+from .stats import Pressure
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Write:
+    """One planned write of a limit file.
+
+    `required` is False for writes that only reset a file to its default
+    (the field was None): those are skipped when the file does not exist.
+    """
+
+    controller: str
+    file: str
+    value: str
+    field: str
+    required: bool
+    missing_hint: str = ""
+    """Why the file may be missing, for the error message."""
+
+
+def validate_name(name: str, what: str = "cgroup name") -> None:
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid {what} {name!r}: use relative names like 'web' or 'a/b'")
+
+
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def write_text(path: str, value: str) -> None:
+    # One write() call: cgroup files act on each write, and a partial or
+    # buffered write would be a different request.
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def apply_write(directory: str, w: Write) -> None:
+    """Perform one planned write; raise a KernelError naming the file and the fix."""
+    path = os.path.join(directory, w.file)
+    if not os.path.exists(path):
+        if not w.required:
+            return
+        hint = w.missing_hint or f"the {w.controller} controller is not available here"
+        raise KernelError(
+            f"{w.file} missing in {directory}: {hint}; remove {w.field}",
+            errno=errno.ENOENT,
+            path=path,
+        )
+    try:
+        write_text(path, w.value)
+    except OSError as e:
+        raise KernelError(
+            f"cannot write {w.value!r} to {path}: {e.strerror}; {_errno_hint(w, e.errno)}",
+            errno=e.errno,
+            path=path,
+        ) from e
+
+
+def _errno_hint(w: Write, err: int | None) -> str:
+    if err == errno.EINVAL:
+        return f"the kernel rejected the value of {w.field} (out of range for {w.file}?)"
+    if err == errno.EBUSY and w.controller == "memory":
+        return f"current memory usage is above the new limit; raise {w.field} or stop the container"
+    if err in (errno.EACCES, errno.EPERM):
+        return "run as root or delegate this cgroup subtree to the daemon's user"
+    return f"check {w.field}"
+
+
+def io_error(path: str, e: OSError, action: str, fix: str) -> KernelError:
+    return KernelError(f"cannot {action} {path}: {e.strerror}; {fix}", errno=e.errno, path=path)
+
+
+def mkdirs(path: str, stop: str, created: list[str]) -> None:
+    """mkdir path and its missing parents below `stop`; append each directory
+    this call made to `created` (outermost first) so a failure can undo it."""
+    missing: list[str] = []
+    p = path
+    while p != stop and not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise io_error(
+                d, e, "create cgroup", "run as root and check the hierarchy is mounted read-write"
+            ) from e
+        created.append(d)
+
+
+def rmdir_retry(path: str, timeout_s: float = 2.0) -> None:
+    """rmdir a cgroup directory; gone already is fine. EBUSY right after the
+    last process died is normal (the kernel frees it asynchronously), so retry."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
+                raise io_error(
+                    path,
+                    e,
+                    "remove cgroup",
+                    "kill its processes (kill()) and remove child cgroups first",
+                ) from e
+            time.sleep(0.02)
+
+
+def rmdir_tree(path: str, timeout_s: float = 2.0) -> None:
+    """Remove a cgroup and every child cgroup in it, deepest first."""
+    if not os.path.isdir(path):
+        return
+    for d in reversed(list(walk_dirs(path))):
+        rmdir_retry(d, timeout_s)
+
+
+def walk_dirs(path: str) -> Iterator[str]:
+    """path and its descendant directories, parents before children."""
+    if not os.path.isdir(path):
+        return
+    yield path
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in sorted(dirnames):
+            yield os.path.join(dirpath, d)
+
+
+def read_procs_tree(path: str) -> set[int]:
+    """Every pid in cgroup.procs of path and its descendants."""
+    pids: set[int] = set()
+    for d in walk_dirs(path):
+        try:
+            text = read_text(os.path.join(d, "cgroup.procs"))
+        except FileNotFoundError:
+            continue  # removed while we walked
+        pids.update(int(x) for x in text.split())
+    return pids
+
+
+def wait_for(predicate: Callable[[], bool], deadline: float, interval_s: float = 0.01) -> bool:
+    """Poll until predicate() or the monotonic deadline; True if it held.
+
+    Polling is fine here: kill() is called from a worker thread, and the
+    event-driven path (inotify on cgroup.events) belongs to the daemon."""
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+        interval_s = min(interval_s * 2, 0.1)
+
+
+class StatReader:
+    """Best-effort reads for stats(): a missing, unreadable or unparsable file
+    is recorded in `errors` and yields None; nothing raises."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def read(
+        self, path: str | None, parser: Callable[[str], T], optional: bool = False
+    ) -> T | None:
+        """`optional`: the file exists only on newer kernels (memory.peak since
+        5.19), so its absence is not an error."""
+        if path is None:
+            return None
+        try:
+            return parser(read_text(path))
+        except FileNotFoundError:
+            if not optional:
+                self.errors.append(os.path.basename(path))
+        except (OSError, ValueError):
+            self.errors.append(os.path.basename(path))
+        return None
+
+
+def freeze_kill_loop(
+    *,
+    list_pids: Callable[[], list[int]],
+    freeze: Callable[[], None] | None,
+    is_frozen: Callable[[], bool],
+    thaw: Callable[[], None],
+    deadline: float,
+    what: str,
+) -> None:
+    """Kill every process without cgroup.kill, the way runc does it on v1:
+    freeze (so nothing forks between reading the pid list and the kill),
+    SIGKILL each pid, thaw (a frozen task cannot die until thawed), and repeat
+    until the cgroup is empty. `freeze` None: no freezer, just kill in a loop
+    (racy against forks, hence the loop)."""
+    while True:
+        if not list_pids():
+            return
+        if time.monotonic() >= deadline:
+            raise KernelError(
+                f"processes {list_pids()} still in {what} after kill; "
+                "they may be stuck in uninterruptible sleep (check /proc/PID/stack)",
+                errno=errno.ETIMEDOUT,
+                path=what,
+            )
+        if freeze is not None:
+            freeze()
+        try:
+            if freeze is not None:
+                # A task in uninterruptible sleep delays FROZEN; kill anyway
+                # after a short wait rather than hang (runc retries the same way).
+                wait_for(is_frozen, min(deadline, time.monotonic() + 1.0))
+            for pid in list_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+        finally:
+            if freeze is not None:
+                thaw()
+        wait_for(lambda: not list_pids(), min(deadline, time.monotonic() + 0.5))
+
+
+def read_pressure(r: StatReader, directory: str) -> dict[str, Pressure] | None:
+    """PSI files (4.20+; absent when booted with psi=0, so optional)."""
+    result: dict[str, Pressure] = {}
+    for resource in ("cpu", "memory", "io"):
+        p = r.read(
+            os.path.join(directory, f"{resource}.pressure"), parse.parse_pressure, optional=True
+        )
+        if p is not None:
+            result[resource] = p
+    return result or None
+
+
+def read_keyed(path: str) -> dict[str, int]:
+    """A flat keyed file, or {} when it does not exist."""
+    try:
+        return parse.parse_keyed(read_text(path))
+    except FileNotFoundError:
+        return {}

@@ -1,0 +1,153 @@
+"""Pure parsers for cgroup files: one small `str -> value` function per format.
+
+No I/O here; the backends read files and hand the text over.
+"""
+
+from __future__ import annotations
+
+from .stats import IoDevice, Pressure
+
+# "Unlimited" is spelled three ways by the kernel, and this is the one place
+# that knows them:
+#   - "max" in every v2 limit file and in v1 pids.max;
+#   - "-1" in v1 cpu.cfs_quota_us (and what we write to v1 memory limits);
+#   - v1 memory.limit_in_bytes / memsw.limit_in_bytes read back as
+#     PAGE_COUNTER_MAX * PAGE_SIZE = LONG_MAX rounded down to a page
+#     (9223372036854771712 with 4 KiB pages; other page sizes give other
+#     values), so anything at or above 2**62 counts as unlimited: no machine
+#     has 4 EiB of memory.
+_V1_UNLIMITED_FLOOR = 1 << 62
+
+
+def parse_int(text: str) -> int:
+    return int(text.strip())
+
+
+def parse_limit(text: str) -> int | None:
+    """A limit value: an int, or None for unlimited (see the table above)."""
+    value = text.strip()
+    if value == "max":
+        return None
+    number = int(value)
+    if number < 0 or number >= _V1_UNLIMITED_FLOOR:
+        return None
+    return number
+
+
+def format_limit_v2(value: int | None) -> str:
+    return "max" if value is None else str(value)
+
+
+def format_limit_v1(value: int | None) -> str:
+    return "-1" if value is None else str(value)
+
+
+def format_pids_max(value: int | None) -> str:
+    """pids.max is "max" on both v1 and v2."""
+    return "max" if value is None else str(value)
+
+
+def parse_keyed(text: str) -> dict[str, int]:
+    """Flat keyed files, one "key value" per line: memory.stat, cpu.stat,
+    memory.events, cgroup.events, pids.events, memory.oom_control, cpuacct.stat."""
+    result: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            result[parts[0]] = int(parts[1])
+    return result
+
+
+def parse_procs(text: str) -> list[int]:
+    return [int(line) for line in text.split()]
+
+
+def parse_cpu_max(text: str) -> tuple[int | None, int]:
+    """v2 cpu.max: "QUOTA PERIOD" or "max PERIOD" -> (quota or None, period)."""
+    quota, period = text.split()
+    return parse_limit(quota), int(period)
+
+
+def format_cpu_max(quota_us: int | None, period_us: int) -> str:
+    return f"{format_limit_v2(quota_us)} {period_us}"
+
+
+def parse_io_weight(text: str) -> int:
+    """io.weight / io.bfq.weight / blkio.bfq.weight: "default N" followed by
+    per-device "MAJ:MIN N" lines; or a bare "N" (v1 blkio.weight, and
+    blkio.bfq.weight reads as a bare number). Returns the default weight."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 1:
+            return int(parts[0])
+        if len(parts) == 2 and parts[0] == "default":
+            return int(parts[1])
+    raise ValueError(f"no default weight in {text!r}")
+
+
+def parse_io_stat(text: str) -> list[IoDevice]:
+    """v2 io.stat: "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0"."""
+    devices: list[IoDevice] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        major, minor = (int(n) for n in parts[0].split(":"))
+        fields = dict(part.split("=", 1) for part in parts[1:])
+
+        def get(key: str, fields: dict[str, str] = fields) -> int | None:
+            return int(fields[key]) if key in fields else None
+
+        devices.append(
+            IoDevice(major, minor, get("rbytes"), get("wbytes"), get("rios"), get("wios"))
+        )
+    return devices
+
+
+def parse_blkio(service_bytes: str, serviced: str) -> list[IoDevice]:
+    """v1 blkio.throttle.io_service_bytes_recursive + io_serviced_recursive:
+    lines "8:0 Read 4096" (also Write, Sync, Async, Discard, Total) and a final
+    "Total N" over all devices, which is skipped."""
+    bytes_by_dev = _blkio_ops(service_bytes)
+    ops_by_dev = _blkio_ops(serviced)
+    devices: list[IoDevice] = []
+    for dev in sorted(bytes_by_dev.keys() | ops_by_dev.keys()):
+        b = bytes_by_dev.get(dev, {})
+        o = ops_by_dev.get(dev, {})
+        devices.append(
+            IoDevice(dev[0], dev[1], b.get("Read"), b.get("Write"), o.get("Read"), o.get("Write"))
+        )
+    return devices
+
+
+def _blkio_ops(text: str) -> dict[tuple[int, int], dict[str, int]]:
+    result: dict[tuple[int, int], dict[str, int]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3:
+            continue  # "Total N" summary line
+        major, minor = (int(n) for n in parts[0].split(":"))
+        result.setdefault((major, minor), {})[parts[1]] = int(parts[2])
+    return result
+
+
+def parse_pressure(text: str) -> Pressure:
+    """PSI: "some avg10=0.00 avg60=0.00 avg300=0.00 total=123" and, except in
+    cpu.pressure before 5.13, a "full ..." line."""
+    totals: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        for part in parts[1:]:
+            key, _, value = part.partition("=")
+            if key == "total":
+                totals[parts[0]] = int(value)
+    if "some" not in totals:
+        raise ValueError(f"no 'some' line in {text!r}")
+    return Pressure(totals["some"], totals.get("full"))
+
+
+def parse_freezer_state(text: str) -> str:
+    """v1 freezer.state: THAWED, FREEZING or FROZEN."""
+    return text.strip()

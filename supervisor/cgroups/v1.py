@@ -1,0 +1,452 @@
+"""cgroup v1 / hybrid backend: one hierarchy per controller (cpu, cpuacct,
+memory, pids, blkio, freezer, possibly co-mounted like "cpu,cpuacct"), plus
+the empty cgroup2 hierarchy at root/unified where it is mounted, used for
+cgroup.kill, cgroup.events and the PSI files. Mirrors v2.py function by function."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+
+from supervisor.errors import KernelError
+
+from . import _fs, parse
+from .limits import (
+    BFQ_WEIGHT_DEFAULT,
+    BLKIO_WEIGHT_DEFAULT,
+    CPU_SHARES_DEFAULT,
+    Limits,
+    shares_to_weight,
+    swap_unlimited,
+    weight_to_shares,
+)
+from .manager import Layout
+from .stats import Stats
+
+# The v1 controllers nsvisor uses. cpuset (needs cpus/mems copied in before a
+# task can join) and devices are not limited by Limits, so not joined.
+CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
+
+_MEMSW = "memory.memsw.limit_in_bytes"
+_SWAP_MISSING = "swap accounting is off (boot with swapaccount=1)"
+_IO_MISSING = (
+    "the io controller has no weight support on this device/scheduler "
+    "(blkio.weight needs CFQ, gone since 5.0; blkio.bfq.weight needs the BFQ scheduler)"
+)
+
+
+def find_hierarchies(root: str) -> dict[str, str]:
+    """controller -> hierarchy directory, from the directory names under root.
+
+    Handles separate mounts ("cpu", "cpuacct") and co-mounts ("cpu,cpuacct",
+    often with "cpu" and "cpuacct" symlinks to it): symlinks are resolved so a
+    co-mounted hierarchy is used once."""
+    result: dict[str, str] = {}
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return result
+    for entry in entries:
+        full = os.path.join(root, entry)
+        if entry == "unified" or not os.path.isdir(full):
+            continue
+        real = os.path.realpath(full)
+        for controller in os.path.basename(real).split(","):
+            if controller in CONTROLLERS:
+                result.setdefault(controller, real)
+    return result
+
+
+def plan(limits: Limits, files: set[str], current_memsw: int | None) -> list[_fs.Write]:
+    """The writes that apply `limits`, in order. `files` are the names in the
+    cgroup's hierarchy directories (memsw and weight files are optional);
+    `current_memsw` the memsw limit now (None = unlimited). Pure."""
+    if not swap_unlimited(limits.swap_max) and limits.memory_max is None:
+        raise KernelError(
+            "swap_max without memory_max cannot be expressed on cgroup v1 "
+            f"({_MEMSW} limits memory+swap); set memory_max too or remove swap_max",
+            errno=errno.EINVAL,
+        )
+    mem = _fs.Write(
+        "memory",
+        "memory.limit_in_bytes",
+        parse.format_limit_v1(limits.memory_max),
+        "memory_max",
+        required=limits.memory_max is not None,
+    )
+    writes = [mem]
+    memsw_target: int | None = None
+    if limits.memory_max is not None and not swap_unlimited(limits.swap_max):
+        assert limits.swap_max is not None
+        memsw_target = limits.memory_max + limits.swap_max
+    if _MEMSW in files or memsw_target is not None:
+        memsw = _fs.Write(
+            "memory",
+            _MEMSW,
+            parse.format_limit_v1(memsw_target),
+            "swap_max",
+            required=memsw_target is not None,
+            missing_hint=_SWAP_MISSING,
+        )
+        # The kernel keeps memory.limit <= memsw.limit at every step, so raise
+        # memsw first when the new memory limit is above the current memsw.
+        writes = [memsw, mem] if _above(limits.memory_max, current_memsw) else [mem, memsw]
+    writes += [
+        _fs.Write(
+            "cpu", "cpu.cfs_period_us", str(limits.cpu_period_us), "cpu_period_us", required=False
+        ),
+        _fs.Write(
+            "cpu",
+            "cpu.cfs_quota_us",
+            parse.format_limit_v1(limits.cpu_quota_us),
+            "cpu_quota_us",
+            required=limits.cpu_quota_us is not None,
+        ),
+    ]
+    if limits.cpu_quota_us is not None:
+        # With a quota the period matters: its file must exist too.
+        writes[-2] = _fs.Write(
+            "cpu", "cpu.cfs_period_us", str(limits.cpu_period_us), "cpu_period_us", True
+        )
+    # cpu.shares is native here; cpu_weight is converted only without shares.
+    if limits.cpu_shares is not None:
+        shares, field = limits.cpu_shares, "cpu_shares"
+    elif limits.cpu_weight is not None:
+        shares, field = weight_to_shares(limits.cpu_weight), "cpu_weight"
+    else:
+        shares, field = CPU_SHARES_DEFAULT, "cpu_shares"
+    required = limits.cpu_shares is not None or limits.cpu_weight is not None
+    writes.append(_fs.Write("cpu", "cpu.shares", str(shares), field, required))
+    writes.append(
+        _fs.Write(
+            "pids",
+            "pids.max",
+            parse.format_pids_max(limits.pids_max),
+            "pids_max",
+            required=limits.pids_max is not None,
+        )
+    )
+    # blkio.weight (CFQ) and blkio.bfq.weight both take Docker's 10..1000 units.
+    w = limits.io_weight
+    if "blkio.weight" not in files and "blkio.bfq.weight" in files:
+        value = str(BFQ_WEIGHT_DEFAULT if w is None else w)
+        writes.append(
+            _fs.Write("blkio", "blkio.bfq.weight", value, "io_weight", w is not None, _IO_MISSING)
+        )
+    else:
+        value = str(BLKIO_WEIGHT_DEFAULT if w is None else w)
+        writes.append(
+            _fs.Write("blkio", "blkio.weight", value, "io_weight", w is not None, _IO_MISSING)
+        )
+    return writes
+
+
+def _above(a: int | None, b: int | None) -> bool:
+    """a > b where None is unlimited."""
+    if a is None:
+        return b is not None
+    return b is not None and a > b
+
+
+class V1Manager:
+    """CgroupManager for a v1 or hybrid host.
+
+    use_unified=False ignores root/unified even when mounted: no cgroup.kill,
+    no cgroup.events, no PSI. Tests use it to exercise the freezer kill path."""
+
+    layout: Layout = "hybrid"
+
+    def __init__(
+        self, root: str = "/sys/fs/cgroup", parent: str = "nsvisor", *, use_unified: bool = True
+    ) -> None:
+        _fs.validate_name(parent, "cgroup parent")
+        self.root = root
+        self.parent = parent
+        self.hierarchies = find_hierarchies(root)
+        unified = os.path.join(root, "unified")
+        self.unified: str | None = (
+            unified
+            if use_unified and os.path.exists(os.path.join(unified, "cgroup.procs"))
+            else None
+        )
+        if not self.hierarchies and self.unified is None:
+            raise KernelError(
+                f"no cgroup hierarchies under {root}: mount cgroup v1 controllers or cgroup2 there",
+                errno=errno.ENOENT,
+                path=root,
+            )
+
+    def _bases(self) -> list[str]:
+        """Every hierarchy directory once (co-mounts deduplicated), unified last."""
+        bases = list(dict.fromkeys(self.hierarchies.values()))
+        if self.unified is not None:
+            bases.append(self.unified)
+        return bases
+
+    def _dirs(self, name: str) -> list[str]:
+        _fs.validate_name(name)
+        return [os.path.join(base, self.parent, name) for base in self._bases()]
+
+    def _ctl(self, controller: str, name: str) -> str | None:
+        """The cgroup's directory in one controller's hierarchy, None if not mounted."""
+        _fs.validate_name(name)
+        base = self.hierarchies.get(controller)
+        return None if base is None else os.path.join(base, self.parent, name)
+
+    def _unified_dir(self, name: str) -> str | None:
+        _fs.validate_name(name)
+        return None if self.unified is None else os.path.join(self.unified, self.parent, name)
+
+    # --- limits -----------------------------------------------------------
+
+    def create(self, name: str, limits: Limits) -> None:
+        created: list[str] = []
+        try:
+            for base, directory in zip(self._bases(), self._dirs(name), strict=True):
+                _fs.mkdirs(directory, base, created)
+            self._apply(name, limits)
+        except BaseException:
+            for d in reversed(created):
+                with contextlib.suppress(KernelError):
+                    _fs.rmdir_retry(d)
+            raise
+
+    def update(self, name: str, limits: Limits) -> None:
+        missing = [d for d in self._dirs(name) if not os.path.isdir(d)]
+        if missing:
+            raise KernelError(
+                f"cgroup {missing[0]} does not exist; create() it first",
+                errno=errno.ENOENT,
+                path=missing[0],
+            )
+        self._apply(name, limits)
+
+    def _apply(self, name: str, limits: Limits) -> None:
+        files: set[str] = set()
+        for controller in ("memory", "cpu", "pids", "blkio"):
+            d = self._ctl(controller, name)
+            if d is not None:
+                files.update(os.listdir(d))
+        memory = self._ctl("memory", name)
+        current_memsw = None
+        if memory is not None and _MEMSW in files:
+            try:
+                current_memsw = parse.parse_limit(_fs.read_text(os.path.join(memory, _MEMSW)))
+            except OSError as e:
+                raise _fs.io_error(os.path.join(memory, _MEMSW), e, "read", "run as root") from e
+        for w in plan(limits, files, current_memsw):
+            directory = self._ctl(w.controller, name)
+            if directory is None:
+                if w.required:
+                    raise KernelError(
+                        f"the {w.controller} controller is not mounted at "
+                        f"{os.path.join(self.root, w.controller)}; mount it or remove {w.field}",
+                        errno=errno.ENOENT,
+                        path=os.path.join(self.root, w.controller),
+                    )
+                continue
+            _fs.apply_write(directory, w)
+
+    def read_limits(self, name: str) -> Limits:
+        self._require(name)
+        r = _fs.StatReader()
+        memory, cpu, pids, blkio = (self._ctl(c, name) for c in ("memory", "cpu", "pids", "blkio"))
+        mem = r.read(_j(memory, "memory.limit_in_bytes"), parse.parse_limit)
+        memsw = r.read(_j(memory, _MEMSW), parse.parse_limit, optional=True)
+        period = r.read(_j(cpu, "cpu.cfs_period_us"), parse.parse_int)
+        weight = r.read(_j(blkio, "blkio.weight"), parse.parse_io_weight, optional=True)
+        bfq = r.read(_j(blkio, "blkio.bfq.weight"), parse.parse_io_weight, optional=True)
+        return Limits(
+            memory_max=mem,
+            swap_max=_swap_only(mem, memsw),
+            cpu_quota_us=r.read(_j(cpu, "cpu.cfs_quota_us"), parse.parse_limit),
+            cpu_period_us=100_000 if period is None else period,
+            cpu_shares=r.read(_j(cpu, "cpu.shares"), parse.parse_int),
+            pids_max=r.read(_j(pids, "pids.max"), parse.parse_limit),
+            io_weight=weight if weight is not None else bfq,
+        )
+
+    def _require(self, name: str) -> None:
+        for d in self._dirs(name):
+            if not os.path.isdir(d):
+                raise KernelError(f"cgroup {d} does not exist", errno=errno.ENOENT, path=d)
+
+    # --- membership -------------------------------------------------------
+
+    def procs_files(self, name: str) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self._dirs(name)]
+
+    def path(self, name: str) -> str:
+        _fs.validate_name(name)
+        return f"/{self.parent}/{name}"
+
+    def pids(self, name: str) -> list[int]:
+        pids: set[int] = set()
+        for d in self._dirs(name):
+            pids |= _fs.read_procs_tree(d)
+        return sorted(pids)
+
+    def populated(self, name: str) -> bool:
+        unified = self._unified_dir(name)
+        if unified is not None:
+            events = _fs.read_keyed(os.path.join(unified, "cgroup.events"))
+            if events.get("populated") == 1:
+                return True
+        # v1 has no populated flag; a process may also have joined only v1.
+        return bool(self.pids(name))
+
+    def events_file(self, name: str) -> str | None:
+        unified = self._unified_dir(name)
+        return None if unified is None else os.path.join(unified, "cgroup.events")
+
+    # --- kill and remove ----------------------------------------------------
+
+    def kill(self, name: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        unified = self._unified_dir(name)
+        if unified is not None and os.path.exists(os.path.join(unified, "cgroup.kill")):  # 5.14+
+            kill_file = os.path.join(unified, "cgroup.kill")
+            try:
+                _fs.write_text(kill_file, "1")
+            except FileNotFoundError:
+                pass  # removed meanwhile
+            except OSError as e:
+                raise _fs.io_error(kill_file, e, "write 1 to", "run as root") from e
+            events = os.path.join(unified, "cgroup.events")
+            _fs.wait_for(lambda: _fs.read_keyed(events).get("populated", 0) == 0, deadline)
+            # Anything left joined the v1 hierarchies only: the freezer loop below.
+        freezer = self._ctl("freezer", name)
+        state = _j(freezer, "freezer.state")
+        has_freezer = state is not None and os.path.exists(state)
+
+        def freezer_state() -> str:
+            assert state is not None
+            try:
+                return parse.parse_freezer_state(_fs.read_text(state))
+            except FileNotFoundError:
+                return "FROZEN"  # gone: nothing left to wait for
+
+        def set_state(value: str) -> None:
+            assert state is not None
+            with contextlib.suppress(FileNotFoundError):
+                _fs.write_text(state, value)
+
+        _fs.freeze_kill_loop(
+            list_pids=lambda: self.pids(name),
+            freeze=(lambda: set_state("FROZEN")) if has_freezer else None,
+            is_frozen=lambda: freezer_state() == "FROZEN",
+            thaw=lambda: set_state("THAWED"),
+            deadline=deadline,
+            what=self.path(name),
+        )
+
+    def remove(self, name: str) -> None:
+        for d in self._dirs(name):
+            _fs.rmdir_tree(d)
+
+    def remove_parent(self) -> None:
+        for base in self._bases():
+            _fs.rmdir_tree(os.path.join(base, self.parent))
+
+    # --- stats --------------------------------------------------------------
+
+    def oom_kill_file(self, name: str) -> str | None:
+        return _j(self._ctl("memory", name), "memory.oom_control")
+
+    def oom_kill_count(self, name: str) -> int | None:
+        return self.memory_events(name).get("oom_kill")
+
+    def memory_events(self, name: str) -> dict[str, int]:
+        """What v1 really counts: oom_kill (memory.oom_control, 4.13+) and
+        max = memory.failcnt (times usage hit the limit). v1 has no
+        counterpart of v2's low/high/oom/oom_group_kill."""
+        memory = self._ctl("memory", name)
+        if memory is None:
+            return {}
+        events: dict[str, int] = {}
+        oom = _fs.read_keyed(os.path.join(memory, "memory.oom_control"))
+        if "oom_kill" in oom:
+            events["oom_kill"] = oom["oom_kill"]
+        with contextlib.suppress(FileNotFoundError):
+            events["max"] = parse.parse_int(_fs.read_text(os.path.join(memory, "memory.failcnt")))
+        return events
+
+    def stats(self, name: str) -> Stats:
+        r = _fs.StatReader()
+        cpu, acct, memory, pids, blkio = (
+            self._ctl(c, name) for c in ("cpu", "cpuacct", "memory", "pids", "blkio")
+        )
+        unified = self._unified_dir(name)
+        cpu_stat = r.read(_j(cpu, "cpu.stat"), parse.parse_keyed) or {}
+        user_ns = r.read(_j(acct, "cpuacct.usage_user"), parse.parse_int, optional=True)
+        system_ns = r.read(_j(acct, "cpuacct.usage_sys"), parse.parse_int, optional=True)
+        if user_ns is None or system_ns is None:
+            # cpuacct.usage_user/_sys exist since 4.7; cpuacct.stat is in USER_HZ ticks.
+            ticks = r.read(_j(acct, "cpuacct.stat"), parse.parse_keyed) or {}
+            ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+            user_ns = ticks["user"] * ns_per_tick if "user" in ticks else None
+            system_ns = ticks["system"] * ns_per_tick if "system" in ticks else None
+        mem = r.read(_j(memory, "memory.stat"), parse.parse_keyed) or {}
+        limit = r.read(_j(memory, "memory.limit_in_bytes"), parse.parse_limit)
+        memsw = r.read(_j(memory, _MEMSW), parse.parse_limit, optional=True)
+        shares = r.read(_j(cpu, "cpu.shares"), parse.parse_int)
+        io = None
+        if blkio is not None:
+            service_bytes = r.read(_j(blkio, "blkio.throttle.io_service_bytes_recursive"), str)
+            serviced = r.read(_j(blkio, "blkio.throttle.io_serviced_recursive"), str)
+            if service_bytes is not None or serviced is not None:
+                io = parse.parse_blkio(service_bytes or "", serviced or "")
+        oom = r.read(_j(memory, "memory.oom_control"), parse.parse_keyed)
+        failcnt = r.read(_j(memory, "memory.failcnt"), parse.parse_int)
+        events: dict[str, int] | None = None
+        if oom is not None or failcnt is not None:
+            events = {}
+            if oom is not None and "oom_kill" in oom:
+                events["oom_kill"] = oom["oom_kill"]
+            if failcnt is not None:
+                events["max"] = failcnt
+        return Stats(
+            cpu_usage_ns=r.read(_j(acct, "cpuacct.usage"), parse.parse_int),
+            cpu_user_ns=user_ns,
+            cpu_system_ns=system_ns,
+            cpu_periods=cpu_stat.get("nr_periods"),
+            cpu_throttled_periods=cpu_stat.get("nr_throttled"),
+            cpu_throttled_ns=cpu_stat.get("throttled_time"),  # already ns on v1
+            memory_usage=r.read(_j(memory, "memory.usage_in_bytes"), parse.parse_int),
+            memory_max_usage=r.read(_j(memory, "memory.max_usage_in_bytes"), parse.parse_int),
+            memory_limit=limit,
+            # total_swap is in memory.stat only with swap accounting on.
+            memory_swap_usage=mem.get("total_swap"),
+            memory_swap_limit=_swap_only(limit, memsw),
+            # total_* include child cgroups, matching v2's hierarchical numbers.
+            memory_rss=mem.get("total_rss"),
+            memory_cache=mem.get("total_cache"),
+            memory_mapped_file=mem.get("total_mapped_file"),
+            memory_inactive_file=mem.get("total_inactive_file"),
+            memory_failcnt=failcnt,
+            memory_events=events,
+            pids_current=r.read(_j(pids, "pids.current"), parse.parse_int),
+            pids_max=r.read(_j(pids, "pids.max"), parse.parse_limit),
+            io=io,
+            pressure=None if unified is None else _fs.read_pressure(r, unified),
+            cpu_quota_us=r.read(_j(cpu, "cpu.cfs_quota_us"), parse.parse_limit),
+            cpu_period_us=r.read(_j(cpu, "cpu.cfs_period_us"), parse.parse_int),
+            cpu_shares=shares,
+            # Derived, for dashboards that read the v2 unit on every host.
+            cpu_weight=None if shares is None else shares_to_weight(shares),
+            errors=r.errors,
+        )
+
+
+def _swap_only(memory: int | None, memsw: int | None) -> int | None:
+    """memsw limits memory+swap; the swap part alone, None when unlimited."""
+    if memory is None or memsw is None:
+        return None
+    return max(0, memsw - memory)
+
+
+def _j(directory: str | None, file: str) -> str | None:
+    """Path of a file in a hierarchy that may not be mounted (None)."""
+    return None if directory is None else os.path.join(directory, file)

@@ -1,0 +1,318 @@
+"""cgroup v2 (unified) backend: one hierarchy at the root, controllers enabled
+top-down through cgroup.subtree_control. Mirrors v1.py function by function."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+
+from supervisor.errors import KernelError
+
+from . import _fs, parse
+from .limits import (
+    BFQ_WEIGHT_DEFAULT,
+    CPU_WEIGHT_DEFAULT,
+    IO_WEIGHT_DEFAULT,
+    Limits,
+    blkio_to_io_weight,
+    io_to_blkio_weight,
+    shares_to_weight,
+    swap_unlimited,
+    weight_to_shares,
+)
+from .manager import Layout
+from .stats import Stats
+
+# Controllers nsvisor limits; cpuset is left alone (no cpuset limits yet).
+CONTROLLERS = ("cpu", "io", "memory", "pids")
+
+_SWAP_MISSING = (
+    "swap accounting is off (kernel without CONFIG_MEMCG_SWAP, or booted with swapaccount=0)"
+)
+_IO_MISSING = "the io controller has no weight support on this device/scheduler"
+
+
+def plan(limits: Limits, files: set[str]) -> list[_fs.Write]:
+    """The writes that apply `limits`. `files` are the names in the cgroup
+    directory (to choose between io.weight and io.bfq.weight). Pure."""
+    writes = [
+        _fs.Write(
+            "memory",
+            "memory.max",
+            parse.format_limit_v2(limits.memory_max),
+            "memory_max",
+            required=limits.memory_max is not None,
+        ),
+        _fs.Write(
+            "memory",
+            "memory.swap.max",
+            parse.format_limit_v2(None if swap_unlimited(limits.swap_max) else limits.swap_max),
+            "swap_max",
+            required=not swap_unlimited(limits.swap_max),
+            missing_hint=_SWAP_MISSING,
+        ),
+        _fs.Write(
+            "cpu",
+            "cpu.max",
+            parse.format_cpu_max(limits.cpu_quota_us, limits.cpu_period_us),
+            "cpu_quota_us",
+            required=limits.cpu_quota_us is not None,
+        ),
+    ]
+    # cpu.weight is native here; cpu_shares is converted only when no weight is given.
+    if limits.cpu_weight is not None:
+        weight, field = limits.cpu_weight, "cpu_weight"
+    elif limits.cpu_shares is not None:
+        weight, field = shares_to_weight(limits.cpu_shares), "cpu_shares"
+    else:
+        weight, field = CPU_WEIGHT_DEFAULT, "cpu_weight"
+    required = limits.cpu_weight is not None or limits.cpu_shares is not None
+    writes.append(_fs.Write("cpu", "cpu.weight", str(weight), field, required))
+    writes.append(
+        _fs.Write(
+            "pids",
+            "pids.max",
+            parse.format_pids_max(limits.pids_max),
+            "pids_max",
+            required=limits.pids_max is not None,
+        )
+    )
+    # io.weight belongs to the iocost controller; io.bfq.weight to the BFQ
+    # scheduler. Prefer io.weight (like the brief and cAdvisor's readers), fall
+    # back to BFQ, which takes Docker's 10..1000 units unconverted.
+    w = limits.io_weight
+    if "io.weight" not in files and "io.bfq.weight" in files:
+        value = str(BFQ_WEIGHT_DEFAULT if w is None else w)
+        writes.append(
+            _fs.Write("io", "io.bfq.weight", value, "io_weight", w is not None, _IO_MISSING)
+        )
+    else:
+        value = f"default {IO_WEIGHT_DEFAULT if w is None else blkio_to_io_weight(w)}"
+        writes.append(_fs.Write("io", "io.weight", value, "io_weight", w is not None, _IO_MISSING))
+    return writes
+
+
+class V2Manager:
+    """CgroupManager for a pure cgroup v2 host."""
+
+    layout: Layout = "v2"
+
+    def __init__(self, root: str = "/sys/fs/cgroup", parent: str = "nsvisor") -> None:
+        _fs.validate_name(parent, "cgroup parent")
+        self.root = root
+        self.parent = parent
+
+    def _dir(self, name: str) -> str:
+        _fs.validate_name(name)
+        return os.path.join(self.root, self.parent, name)
+
+    # --- limits -----------------------------------------------------------
+
+    def create(self, name: str, limits: Limits) -> None:
+        target = self._dir(name)
+        created: list[str] = []
+        try:
+            directory = self.root
+            for component in f"{self.parent}/{name}".split("/"):
+                self._enable_controllers(directory)
+                directory = os.path.join(directory, component)
+                _fs.mkdirs(directory, os.path.dirname(directory), created)
+            self._apply(target, limits)
+        except BaseException:
+            # Undo only our mkdirs. Controllers we enabled in a pre-existing
+            # cgroup's subtree_control stay: disabling them could take them
+            # away from cgroups that are not ours.
+            for d in reversed(created):
+                with contextlib.suppress(KernelError):
+                    _fs.rmdir_retry(d)
+            raise
+
+    def update(self, name: str, limits: Limits) -> None:
+        target = self._dir(name)
+        if not os.path.isdir(target):
+            raise KernelError(
+                f"cgroup {target} does not exist; create() it first",
+                errno=errno.ENOENT,
+                path=target,
+            )
+        self._apply(target, limits)
+
+    def _apply(self, target: str, limits: Limits) -> None:
+        subtree = os.path.join(os.path.dirname(target), "cgroup.subtree_control")
+        for w in plan(limits, set(os.listdir(target))):
+            hint = f"the {w.controller} controller is not enabled in {subtree}; enable it"
+            _fs.apply_write(target, w if w.missing_hint else _with_hint(w, hint))
+
+    def _enable_controllers(self, directory: str) -> None:
+        """Enable our controllers for the children of `directory`, writing only
+        what is available there and not yet enabled (no write at all otherwise,
+        so a root we do not own is left alone when it is already set up)."""
+        try:
+            available = _fs.read_text(os.path.join(directory, "cgroup.controllers")).split()
+            enabled = _fs.read_text(os.path.join(directory, "cgroup.subtree_control")).split()
+        except OSError as e:
+            raise _fs.io_error(
+                directory, e, "read controllers of", "is cgroup2 mounted here?"
+            ) from e
+        wanted = [c for c in CONTROLLERS if c in available and c not in enabled]
+        if not wanted:
+            return
+        path = os.path.join(directory, "cgroup.subtree_control")
+        try:
+            _fs.write_text(path, " ".join(f"+{c}" for c in wanted))
+        except OSError as e:
+            fix = (
+                "the cgroup has processes of its own (no internal processes rule); move them to a leaf cgroup"
+                if e.errno == errno.EBUSY
+                else "run as root or delegate this subtree"
+            )
+            raise _fs.io_error(path, e, f"enable {' '.join(wanted)} in", fix) from e
+
+    def read_limits(self, name: str) -> Limits:
+        target = self._require(name)
+        r = _fs.StatReader()
+        quota, period = r.read(_j(target, "cpu.max"), parse.parse_cpu_max) or (None, 100_000)
+        io_weight = r.read(_j(target, "io.weight"), parse.parse_io_weight, optional=True)
+        bfq = r.read(_j(target, "io.bfq.weight"), parse.parse_io_weight, optional=True)
+        return Limits(
+            memory_max=r.read(_j(target, "memory.max"), parse.parse_limit),
+            swap_max=r.read(_j(target, "memory.swap.max"), parse.parse_limit, optional=True),
+            cpu_quota_us=quota,
+            cpu_period_us=period,
+            cpu_weight=r.read(_j(target, "cpu.weight"), parse.parse_int),
+            pids_max=r.read(_j(target, "pids.max"), parse.parse_limit),
+            io_weight=io_to_blkio_weight(io_weight) if io_weight is not None else bfq,
+        )
+
+    def _require(self, name: str) -> str:
+        target = self._dir(name)
+        if not os.path.isdir(target):
+            raise KernelError(f"cgroup {target} does not exist", errno=errno.ENOENT, path=target)
+        return target
+
+    # --- membership -------------------------------------------------------
+
+    def procs_files(self, name: str) -> list[str]:
+        return [_j(self._dir(name), "cgroup.procs")]
+
+    def path(self, name: str) -> str:
+        _fs.validate_name(name)
+        return f"/{self.parent}/{name}"
+
+    def pids(self, name: str) -> list[int]:
+        return sorted(_fs.read_procs_tree(self._dir(name)))
+
+    def populated(self, name: str) -> bool:
+        try:
+            events = parse.parse_keyed(_fs.read_text(_j(self._dir(name), "cgroup.events")))
+        except FileNotFoundError:
+            return False
+        return events.get("populated", 0) == 1
+
+    def events_file(self, name: str) -> str | None:
+        return _j(self._dir(name), "cgroup.events")
+
+    # --- kill and remove ----------------------------------------------------
+
+    def kill(self, name: str, timeout_s: float = 10.0) -> None:
+        target = self._dir(name)
+        if not os.path.isdir(target):
+            return
+        deadline = time.monotonic() + timeout_s
+        kill_file = _j(target, "cgroup.kill")
+        if os.path.exists(kill_file):  # since 5.14
+            try:
+                _fs.write_text(kill_file, "1")
+            except FileNotFoundError:
+                return  # removed meanwhile
+            except OSError as e:
+                raise _fs.io_error(kill_file, e, "write 1 to", "run as root") from e
+            if _fs.wait_for(lambda: not self.populated(name), deadline):
+                return
+        freeze_file = _j(target, "cgroup.freeze")  # since 5.2
+        has_freeze = os.path.exists(freeze_file)
+        _fs.freeze_kill_loop(
+            list_pids=lambda: self.pids(name),
+            freeze=(lambda: _fs.write_text(freeze_file, "1")) if has_freeze else None,
+            is_frozen=lambda: _fs.read_keyed(_j(target, "cgroup.events")).get("frozen") == 1,
+            thaw=lambda: _fs.write_text(freeze_file, "0"),
+            deadline=deadline,
+            what=target,
+        )
+
+    def remove(self, name: str) -> None:
+        _fs.rmdir_tree(self._dir(name))
+
+    def remove_parent(self) -> None:
+        _fs.rmdir_tree(os.path.join(self.root, self.parent))
+
+    # --- stats --------------------------------------------------------------
+
+    def oom_kill_file(self, name: str) -> str | None:
+        return _j(self._dir(name), "memory.events")
+
+    def oom_kill_count(self, name: str) -> int | None:
+        return self.memory_events(name).get("oom_kill")
+
+    def memory_events(self, name: str) -> dict[str, int]:
+        return _fs.read_keyed(_j(self._dir(name), "memory.events"))
+
+    def stats(self, name: str) -> Stats:
+        d = self._dir(name)
+        r = _fs.StatReader()
+        cpu = r.read(_j(d, "cpu.stat"), parse.parse_keyed) or {}
+        cpu_max = r.read(_j(d, "cpu.max"), parse.parse_cpu_max)
+        weight = r.read(_j(d, "cpu.weight"), parse.parse_int)
+        mem = r.read(_j(d, "memory.stat"), parse.parse_keyed) or {}
+        usage = r.read(_j(d, "memory.current"), parse.parse_int)
+        return Stats(
+            cpu_usage_ns=_usec_to_ns(cpu.get("usage_usec")),
+            cpu_user_ns=_usec_to_ns(cpu.get("user_usec")),
+            cpu_system_ns=_usec_to_ns(cpu.get("system_usec")),
+            # Throttling keys appear only with the cpu controller enabled.
+            cpu_periods=cpu.get("nr_periods"),
+            cpu_throttled_periods=cpu.get("nr_throttled"),
+            cpu_throttled_ns=_usec_to_ns(cpu.get("throttled_usec")),
+            memory_usage=usage,
+            # memory.peak exists since 5.19.
+            memory_max_usage=r.read(_j(d, "memory.peak"), parse.parse_int, optional=True),
+            memory_limit=r.read(_j(d, "memory.max"), parse.parse_limit),
+            # memory.swap.* exist only with swap accounting compiled in and on.
+            memory_swap_usage=r.read(_j(d, "memory.swap.current"), parse.parse_int, optional=True),
+            memory_swap_limit=r.read(_j(d, "memory.swap.max"), parse.parse_limit, optional=True),
+            memory_rss=mem.get("anon"),
+            memory_cache=mem.get("file"),
+            memory_mapped_file=mem.get("file_mapped"),
+            memory_inactive_file=mem.get("inactive_file"),
+            memory_failcnt=None,  # v1 only
+            memory_events=r.read(_j(d, "memory.events"), parse.parse_keyed),
+            pids_current=r.read(_j(d, "pids.current"), parse.parse_int),
+            pids_max=r.read(_j(d, "pids.max"), parse.parse_limit),
+            io=r.read(_j(d, "io.stat"), parse.parse_io_stat),
+            pressure=_fs.read_pressure(r, d),
+            cpu_quota_us=cpu_max[0] if cpu_max else None,
+            cpu_period_us=cpu_max[1] if cpu_max else None,
+            # Derived for cAdvisor's container_spec_cpu_shares, which v2 hosts
+            # also export (cAdvisor converts the same way).
+            cpu_shares=_weight_to_shares_or_none(weight),
+            cpu_weight=weight,
+            errors=r.errors,
+        )
+
+
+def _weight_to_shares_or_none(weight: int | None) -> int | None:
+    return None if weight is None else weight_to_shares(weight)
+
+
+def _with_hint(w: _fs.Write, hint: str) -> _fs.Write:
+    return _fs.Write(w.controller, w.file, w.value, w.field, w.required, hint)
+
+
+def _usec_to_ns(value: int | None) -> int | None:
+    return None if value is None else value * 1000
+
+
+def _j(directory: str, file: str) -> str:
+    return os.path.join(directory, file)
