@@ -1,0 +1,23 @@
+#!/bin/bash
+# Installs everything nsvisor and its tests need on a fresh Debian 12 host, as
+# root: Debian packages and a virtual environment (.venv) with nsvisor in it.
+# Idempotent: re-running skips what is there.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PKGS=(busybox-static iproute2 util-linux procps
+      qemu-system-x86 qemu-system-data linux-image-amd64 cpio kmod)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+PY=${PYTHON:-python3}
+if [ ! -x "$REPO/.venv/bin/python" ]; then
+    "$PY" -m venv "$REPO/.venv"
+fi
+"$REPO/.venv/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v '^WARNING: Location' || true
+"$REPO/.venv/bin/python" -c 'import supervisor, trio, hypercorn, prometheus_client, structlog, pyroute2' 
