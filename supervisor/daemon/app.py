@@ -84,7 +84,7 @@ class Daemon:
             cgroups=self.cgroups,
             reaper=self.reaper,
             events=self.events,
-            defaults=dict(cfg.defaults),
+            defaults=dict(getattr(cfg, "backoff_defaults", {})),
         )
         self.shutdown = trio.Event()
         self.ready = trio.Event()
@@ -120,19 +120,17 @@ class Daemon:
         restored = self.manager.load_persisted()
         for c, st in restored:
             await self.manager.restore(c, st)
-        for name, raw in self.cfg.containers.items():
+        for spec in self.cfg.containers:
+            name = spec.name
             existing = self.manager.containers.get(name)
             if existing is not None:
-                if existing.spec.to_raw() == self.manager.validate(dict(raw)).to_raw():
-                    if existing.state not in ("running", "starting", "restarting"):
+                if existing.spec == spec:
+                    if existing.state not in ("running", "starting", "restarting", "stopping"):
                         await self._start_logged(name)
                     continue
+                # The file changed while the daemon was down: the file wins.
                 await self.manager.remove(name, force=True)
-            try:
-                self.manager.create(dict(raw), from_config=True)
-            except NsvisorError as exc:
-                log.error("container.create_failed", container=name, error=str(exc))
-                continue
+            self.manager.register(spec, from_config=True)
             await self._start_logged(name)
 
     async def _start_logged(self, name: str) -> None:

@@ -187,10 +187,12 @@ class ContainerManager:
             merged["name"] = self._new_name()
         return validate_container(merged, host_cpus=self.host_cpus)
 
-    def create(self, raw: dict[str, Any], *, from_config: bool = False) -> Container:
+    def create(self, raw: dict[str, Any]) -> Container:
         """Validate and register a container. Nothing is created on the host
         (no state entry, no cgroup) unless the whole spec is valid."""
-        spec = self.validate(raw)
+        return self.register(self.validate(raw))
+
+    def register(self, spec: ContainerSpec, *, from_config: bool = False) -> Container:
         if spec.name in self.containers:
             raise StateError(
                 f"container name {spec.name!r} is already in use; "
