@@ -48,32 +48,138 @@ class Spec:
 # Names, types and units as cAdvisor exports them, so existing dashboards and
 # alert rules work unchanged.
 SIMPLE: tuple[Spec, ...] = (
-    Spec("container_cpu_user_seconds_total", "Cumulative user cpu time consumed in seconds.", "counter", lambda s: _ns(s.cpu_user_ns)),
-    Spec("container_cpu_system_seconds_total", "Cumulative system cpu time consumed in seconds.", "counter", lambda s: _ns(s.cpu_system_ns)),
-    Spec("container_cpu_cfs_periods_total", "Number of elapsed enforcement period intervals.", "counter", lambda s: s.cpu_periods),
-    Spec("container_cpu_cfs_throttled_periods_total", "Number of throttled period intervals.", "counter", lambda s: s.cpu_throttled_periods),
-    Spec("container_cpu_cfs_throttled_seconds_total", "Total time duration the container has been throttled.", "counter", lambda s: _ns(s.cpu_throttled_ns)),
-    Spec("container_memory_usage_bytes", "Current memory usage in bytes, including all memory regardless of when it was accessed.", "gauge", lambda s: s.memory_usage),
-    Spec("container_memory_working_set_bytes", "Current working set in bytes (usage minus inactive file cache, floored at 0).", "gauge", lambda s: s.memory_working_set),
-    Spec("container_memory_rss", "Size of RSS (anonymous memory) in bytes.", "gauge", lambda s: s.memory_rss),
-    Spec("container_memory_cache", "Number of bytes of page cache memory.", "gauge", lambda s: s.memory_cache),
-    Spec("container_memory_mapped_file", "Size of memory mapped files in bytes.", "gauge", lambda s: s.memory_mapped_file),
-    Spec("container_memory_swap", "Container swap usage in bytes.", "gauge", lambda s: s.memory_swap_usage),
-    Spec("container_memory_max_usage_bytes", "Maximum memory usage recorded in bytes.", "gauge", lambda s: s.memory_max_usage),
-    Spec("container_memory_failcnt", "Number of memory usage hits limits.", "counter", lambda s: s.memory_failcnt),
-    Spec("container_oom_events_total", "Count of out of memory events (kills) observed for the container, from the cgroup's oom_kill counter.", "counter", lambda s: (s.memory_events or {}).get("oom_kill")),
-    Spec("container_spec_memory_limit_bytes", "Memory limit for the container.", "gauge", lambda s: s.memory_limit),
-    Spec("container_spec_memory_swap_limit_bytes", "Memory swap limit for the container.", "gauge", lambda s: s.memory_swap_limit),
-    Spec("container_spec_cpu_quota", "CPU quota of the container.", "gauge", lambda s: s.cpu_quota_us),
-    Spec("container_spec_cpu_period", "CPU period of the container.", "gauge", lambda s: s.cpu_period_us),
-    Spec("container_spec_cpu_shares", "CPU share of the container.", "gauge", lambda s: s.cpu_shares),
-    Spec("container_processes", "Number of processes running inside the container.", "gauge", lambda s: s.pids_current),
-    Spec("container_threads", "Number of threads running inside the container.", "gauge", lambda s: s.pids_current),
-    Spec("container_threads_max", "Maximum number of threads allowed inside the container.", "gauge", lambda s: s.pids_max),
+    Spec(
+        "container_cpu_user_seconds_total",
+        "Cumulative user cpu time consumed in seconds.",
+        "counter",
+        lambda s: _ns(s.cpu_user_ns),
+    ),
+    Spec(
+        "container_cpu_system_seconds_total",
+        "Cumulative system cpu time consumed in seconds.",
+        "counter",
+        lambda s: _ns(s.cpu_system_ns),
+    ),
+    Spec(
+        "container_cpu_cfs_periods_total",
+        "Number of elapsed enforcement period intervals.",
+        "counter",
+        lambda s: s.cpu_periods,
+    ),
+    Spec(
+        "container_cpu_cfs_throttled_periods_total",
+        "Number of throttled period intervals.",
+        "counter",
+        lambda s: s.cpu_throttled_periods,
+    ),
+    Spec(
+        "container_cpu_cfs_throttled_seconds_total",
+        "Total time duration the container has been throttled.",
+        "counter",
+        lambda s: _ns(s.cpu_throttled_ns),
+    ),
+    Spec(
+        "container_memory_usage_bytes",
+        "Current memory usage in bytes, including all memory regardless of when it was accessed.",
+        "gauge",
+        lambda s: s.memory_usage,
+    ),
+    Spec(
+        "container_memory_working_set_bytes",
+        "Current working set in bytes (usage minus inactive file cache, floored at 0).",
+        "gauge",
+        lambda s: s.memory_working_set,
+    ),
+    Spec(
+        "container_memory_rss",
+        "Size of RSS (anonymous memory) in bytes.",
+        "gauge",
+        lambda s: s.memory_rss,
+    ),
+    Spec(
+        "container_memory_cache",
+        "Number of bytes of page cache memory.",
+        "gauge",
+        lambda s: s.memory_cache,
+    ),
+    Spec(
+        "container_memory_mapped_file",
+        "Size of memory mapped files in bytes.",
+        "gauge",
+        lambda s: s.memory_mapped_file,
+    ),
+    Spec(
+        "container_memory_swap",
+        "Container swap usage in bytes.",
+        "gauge",
+        lambda s: s.memory_swap_usage,
+    ),
+    Spec(
+        "container_memory_max_usage_bytes",
+        "Maximum memory usage recorded in bytes.",
+        "gauge",
+        lambda s: s.memory_max_usage,
+    ),
+    Spec(
+        "container_memory_failcnt",
+        "Number of memory usage hits limits.",
+        "counter",
+        lambda s: s.memory_failcnt,
+    ),
+    Spec(
+        "container_oom_events_total",
+        "Count of out of memory events (kills) observed for the container, from the cgroup's oom_kill counter.",
+        "counter",
+        lambda s: (s.memory_events or {}).get("oom_kill"),
+    ),
+    Spec(
+        "container_spec_memory_limit_bytes",
+        "Memory limit for the container.",
+        "gauge",
+        lambda s: s.memory_limit,
+    ),
+    Spec(
+        "container_spec_memory_swap_limit_bytes",
+        "Memory swap limit for the container.",
+        "gauge",
+        lambda s: s.memory_swap_limit,
+    ),
+    Spec(
+        "container_spec_cpu_quota", "CPU quota of the container.", "gauge", lambda s: s.cpu_quota_us
+    ),
+    Spec(
+        "container_spec_cpu_period",
+        "CPU period of the container.",
+        "gauge",
+        lambda s: s.cpu_period_us,
+    ),
+    Spec(
+        "container_spec_cpu_shares", "CPU share of the container.", "gauge", lambda s: s.cpu_shares
+    ),
+    Spec(
+        "container_processes",
+        "Number of processes running inside the container.",
+        "gauge",
+        lambda s: s.pids_current,
+    ),
+    Spec(
+        "container_threads",
+        "Number of threads running inside the container.",
+        "gauge",
+        lambda s: s.pids_current,
+    ),
+    Spec(
+        "container_threads_max",
+        "Maximum number of threads allowed inside the container.",
+        "gauge",
+        lambda s: s.pids_max,
+    ),
 )
 
 
-def _family(spec_name: str, doc: str, kind: str, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
+def _family(
+    spec_name: str, doc: str, kind: str, labels: list[str]
+) -> CounterMetricFamily | GaugeMetricFamily:
     if kind == "counter":
         return CounterMetricFamily(spec_name.removesuffix("_total"), doc, labels=labels)
     return GaugeMetricFamily(spec_name, doc, labels=labels)
@@ -102,7 +208,9 @@ class ContainerCollector(Collector):
             return [v.name, v.cgroup_path, v.image]
 
         cpu = CounterMetricFamily(
-            "container_cpu_usage_seconds", "Cumulative cpu time consumed in seconds.", labels=[*LABELS, "cpu"]
+            "container_cpu_usage_seconds",
+            "Cumulative cpu time consumed in seconds.",
+            labels=[*LABELS, "cpu"],
         )
         for v in running:
             value = _ns(stats[v.name].cpu_usage_ns)
@@ -117,14 +225,32 @@ class ContainerCollector(Collector):
                     fam.add_metric(labels(v), float(value))
             yield fam
         events = CounterMetricFamily(
-            "nsvisor_memory_events", "memory.events counters of the container's cgroup.", labels=[*LABELS, "event"]
+            "nsvisor_memory_events",
+            "memory.events counters of the container's cgroup.",
+            labels=[*LABELS, "event"],
         )
-        reads = CounterMetricFamily("container_fs_reads_bytes", "Cumulative count of bytes read.", labels=[*LABELS, "device"])
-        writes = CounterMetricFamily("container_fs_writes_bytes", "Cumulative count of bytes written.", labels=[*LABELS, "device"])
-        reads_n = CounterMetricFamily("container_fs_reads", "Cumulative count of reads completed.", labels=[*LABELS, "device"])
-        writes_n = CounterMetricFamily("container_fs_writes", "Cumulative count of writes completed.", labels=[*LABELS, "device"])
+        reads = CounterMetricFamily(
+            "container_fs_reads_bytes",
+            "Cumulative count of bytes read.",
+            labels=[*LABELS, "device"],
+        )
+        writes = CounterMetricFamily(
+            "container_fs_writes_bytes",
+            "Cumulative count of bytes written.",
+            labels=[*LABELS, "device"],
+        )
+        reads_n = CounterMetricFamily(
+            "container_fs_reads", "Cumulative count of reads completed.", labels=[*LABELS, "device"]
+        )
+        writes_n = CounterMetricFamily(
+            "container_fs_writes",
+            "Cumulative count of writes completed.",
+            labels=[*LABELS, "device"],
+        )
         blkio = CounterMetricFamily(
-            "container_blkio_device_usage", "Blkio device bytes usage.", labels=[*LABELS, "device", "major", "minor", "operation"]
+            "container_blkio_device_usage",
+            "Blkio device bytes usage.",
+            labels=[*LABELS, "device", "major", "minor", "operation"],
         )
         pressure = {
             (res, kind): CounterMetricFamily(
@@ -135,8 +261,14 @@ class ContainerCollector(Collector):
             for res in ("cpu", "memory", "io")
             for kind in ("waiting", "stalled")
         }
-        start = GaugeMetricFamily("container_start_time_seconds", "Start time of the container since unix epoch in seconds.", labels=LABELS)
-        seen = GaugeMetricFamily("container_last_seen", "Last time a container was seen by the exporter.", labels=LABELS)
+        start = GaugeMetricFamily(
+            "container_start_time_seconds",
+            "Start time of the container since unix epoch in seconds.",
+            labels=LABELS,
+        )
+        seen = GaugeMetricFamily(
+            "container_last_seen", "Last time a container was seen by the exporter.", labels=LABELS
+        )
         for v in running:
             s, lv = stats[v.name], labels(v)
             ev = s.memory_events or {}
@@ -146,10 +278,15 @@ class ContainerCollector(Collector):
                 device = f"{dev.major}:{dev.minor}"
                 if dev.read_bytes is not None:
                     reads.add_metric([*lv, device], float(dev.read_bytes))
-                    blkio.add_metric([*lv, device, str(dev.major), str(dev.minor), "Read"], float(dev.read_bytes))
+                    blkio.add_metric(
+                        [*lv, device, str(dev.major), str(dev.minor), "Read"], float(dev.read_bytes)
+                    )
                 if dev.write_bytes is not None:
                     writes.add_metric([*lv, device], float(dev.write_bytes))
-                    blkio.add_metric([*lv, device, str(dev.major), str(dev.minor), "Write"], float(dev.write_bytes))
+                    blkio.add_metric(
+                        [*lv, device, str(dev.major), str(dev.minor), "Write"],
+                        float(dev.write_bytes),
+                    )
                 if dev.reads is not None:
                     reads_n.add_metric([*lv, device], float(dev.reads))
                 if dev.writes is not None:
@@ -162,13 +299,37 @@ class ContainerCollector(Collector):
             if v.started_at is not None:
                 start.add_metric(lv, v.started_at)
             seen.add_metric(lv, now)
-        yield from (events, reads, writes, reads_n, writes_n, blkio, *pressure.values(), start, seen)
+        yield from (
+            events,
+            reads,
+            writes,
+            reads_n,
+            writes_n,
+            blkio,
+            *pressure.values(),
+            start,
+            seen,
+        )
 
     def _supervisor_metrics(self, views: tuple[ContainerView, ...]) -> Iterator[Metric]:
-        state = GaugeMetricFamily("nsvisor_container_state", "The container's lifecycle state (one-hot).", labels=["name", "state"])
-        restarts = CounterMetricFamily("nsvisor_container_restarts", "Restarts done by the restart policy.", labels=["name"])
-        exit_code = GaugeMetricFamily("nsvisor_container_last_exit_code", "Exit code of the container's last run.", labels=["name"])
-        backoff = GaugeMetricFamily("nsvisor_container_backoff_seconds", "The current restart backoff delay.", labels=["name"])
+        state = GaugeMetricFamily(
+            "nsvisor_container_state",
+            "The container's lifecycle state (one-hot).",
+            labels=["name", "state"],
+        )
+        restarts = CounterMetricFamily(
+            "nsvisor_container_restarts", "Restarts done by the restart policy.", labels=["name"]
+        )
+        exit_code = GaugeMetricFamily(
+            "nsvisor_container_last_exit_code",
+            "Exit code of the container's last run.",
+            labels=["name"],
+        )
+        backoff = GaugeMetricFamily(
+            "nsvisor_container_backoff_seconds",
+            "The current restart backoff delay.",
+            labels=["name"],
+        )
         for v in views:
             for st in STATES:
                 state.add_metric([v.name, st], 1.0 if v.state == st else 0.0)
@@ -177,9 +338,17 @@ class ContainerCollector(Collector):
                 exit_code.add_metric([v.name], float(v.exit_code))
             if v.backoff_s is not None:
                 backoff.add_metric([v.name], v.backoff_s)
-        errors = CounterMetricFamily("nsvisor_scrape_errors", "cgroup files that could not be read during scrapes.", labels=["file"])
+        errors = CounterMetricFamily(
+            "nsvisor_scrape_errors",
+            "cgroup files that could not be read during scrapes.",
+            labels=["file"],
+        )
         for file, n in sorted(self.scrape_errors.items()):
             errors.add_metric([file], float(n))
-        info = GaugeMetricFamily("nsvisor_build_info", "nsvisor version and cgroup layout.", labels=["version", "cgroup_layout"])
+        info = GaugeMetricFamily(
+            "nsvisor_build_info",
+            "nsvisor version and cgroup layout.",
+            labels=["version", "cgroup_layout"],
+        )
         info.add_metric([__version__, self.source.layout], 1.0)
         yield from (state, restarts, exit_code, backoff, errors, info)

@@ -20,7 +20,9 @@ class Problem:
     def render(self, source: str | None = None) -> str:
         where = self.field
         if source:
-            where = f"{source}:{self.line}: {self.field}" if self.line else f"{source}: {self.field}"
+            where = (
+                f"{source}:{self.line}: {self.field}" if self.line else f"{source}: {self.field}"
+            )
         return f"{where}: {self.message}"
 
 

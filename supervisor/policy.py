@@ -51,7 +51,9 @@ def parse_restart_policy(text: str) -> RestartPolicy:
     try:
         retries = int(count)
     except ValueError:
-        raise ValueError(f"on-failure count {count!r} is not a whole number; e.g. on-failure:3") from None
+        raise ValueError(
+            f"on-failure count {count!r} is not a whole number; e.g. on-failure:3"
+        ) from None
     if retries < 0:
         raise ValueError(f"on-failure count must be 0 or more, got {retries}")
     return RestartPolicy("on-failure", retries)

@@ -47,7 +47,9 @@ class Request:
         self.scope = scope
         self.receive = receive
         self.params = params
-        self.query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        self.query = {
+            k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()
+        }
 
     async def json(self) -> Any:
         body = b""
@@ -251,7 +253,9 @@ class Api:
                     logf,
                     stop=None if follow else _SET,
                     tail=int(tail) if tail is not None and tail >= 0 else None,
-                    still_active=lambda: c.state in ("starting", "running", "stopping", "restarting"),
+                    still_active=lambda: (
+                        c.state in ("starting", "running", "stopping", "restarting")
+                    ),
                     changed=lambda: c.changed,
                 ):
                     yield record
@@ -278,7 +282,10 @@ async def _reply(send: Send, status: int, body: Any) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": data})

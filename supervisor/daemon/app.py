@@ -52,7 +52,9 @@ def _socket_in_use(path: str) -> bool:
 
 def _lock_state_dir(state_dir: str) -> int:
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(state_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(
+        os.path.join(state_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -145,7 +147,9 @@ class Daemon:
                 log.info("daemon.signal", signal=signal.Signals(sig).name)
                 self.shutdown.set()
 
-    async def _serve_api(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve_api(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         from hypercorn.config import Config
         from hypercorn.trio import serve
 
@@ -184,7 +188,9 @@ class Daemon:
             if os.path.exists(path):
                 os.unlink(path)
 
-    async def _serve_metrics(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve_metrics(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         from exporters.server import serve_metrics
 
         await serve_metrics(self.cfg.metrics_addr, self.manager, task_status=task_status)

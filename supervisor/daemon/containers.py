@@ -10,6 +10,7 @@ never reap or launch themselves, so there is one code path for every exit.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -375,10 +376,8 @@ class ContainerManager:
         run = c.run
         if run is None or run.done.is_set():
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(run.pidfd, sig)
-        except ProcessLookupError:
-            pass
 
     async def kill(self, name: str, sig: int) -> None:
         c = self.get(name)
@@ -501,7 +500,9 @@ class ContainerManager:
             except (OSError, ValueError, ConfigError) as exc:
                 log.error("state.corrupt", container=name, path=cdir, error=str(exc))
                 continue
-            c = Container(name=spec.name, spec=spec, created_at=float(st.get("created_at", 0)), dir=cdir)
+            c = Container(
+                name=spec.name, spec=spec, created_at=float(st.get("created_at", 0)), dir=cdir
+            )
             c.started_at = st.get("started_at")
             c.finished_at = st.get("finished_at")
             c.exit_code = st.get("exit_code")
@@ -572,9 +573,7 @@ class ContainerManager:
                 log.error("container.restore_failed", container=c.name, error=str(exc))
 
 
-def _adopt_task(
-    mgr: ContainerManager, c: Container, run: Run
-) -> Callable[..., Any]:
+def _adopt_task(mgr: ContainerManager, c: Container, run: Run) -> Callable[..., Any]:
     async def task(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await mgr._supervise(c, task_status, adopted=run)
 

@@ -78,10 +78,14 @@ def normalize_cap(name: str) -> str:
         upper = upper[4:]
     if upper == "ALL" or upper in CAPABILITIES:
         return upper
-    raise ValueError(f"unknown capability {name!r}; use a name like NET_ADMIN or CAP_NET_ADMIN, or ALL")
+    raise ValueError(
+        f"unknown capability {name!r}; use a name like NET_ADMIN or CAP_NET_ADMIN, or ALL"
+    )
 
 
-def effective_caps(cap_add: list[str] | tuple[str, ...], cap_drop: list[str] | tuple[str, ...]) -> frozenset[str]:
+def effective_caps(
+    cap_add: list[str] | tuple[str, ...], cap_drop: list[str] | tuple[str, ...]
+) -> frozenset[str]:
     """Docker's rule: start from the default set (or nothing if ALL is dropped),
     add cap_add (ALL = every capability), then drop cap_drop."""
     adds = {normalize_cap(c) for c in cap_add}

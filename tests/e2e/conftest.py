@@ -69,7 +69,10 @@ def remove_cgroup_tree(parent: str) -> None:
         if kill.exists():
             with contextlib.suppress(OSError):
                 kill.write_text("1")
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+        for d in [
+            *sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)),
+            top,
+        ]:
             procs = d / "cgroup.procs"
             with contextlib.suppress(OSError):
                 for pid in procs.read_text().split():
@@ -169,7 +172,9 @@ class Daemon:
             if pred(info):
                 return info
             time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what or pred}: {json.dumps(info, indent=1)}\n{self.log()}")
+        raise AssertionError(
+            f"timed out waiting for {what or pred}: {json.dumps(info, indent=1)}\n{self.log()}"
+        )
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:

@@ -3,6 +3,7 @@ specification of one user-visible behaviour."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -18,9 +19,13 @@ from tests.e2e.conftest import Daemon, cgroup_dirs
 pytestmark = [pytest.mark.e2e]
 
 
-def test_attached_run_prints_output_and_exits_with_the_containers_code(running_daemon: Daemon) -> None:
+def test_attached_run_prints_output_and_exits_with_the_containers_code(
+    running_daemon: Daemon,
+) -> None:
     d = running_daemon
-    r = d.cli("run", "--rm", d.rootfs, "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False)
+    r = d.cli(
+        "run", "--rm", d.rootfs, "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False
+    )
     assert r.returncode == 7, r
     assert r.stdout == "out\n"
     assert r.stderr == "err\n"
@@ -136,11 +141,25 @@ def test_events_stream_lifecycle_transitions(running_daemon: Daemon) -> None:
     assert actions == ["create", "start", "die", "destroy"], events
 
 
-def test_on_failure_3_restarts_exactly_three_times_with_growing_delays(running_daemon: Daemon) -> None:
+def test_on_failure_3_restarts_exactly_three_times_with_growing_delays(
+    running_daemon: Daemon,
+) -> None:
     d = running_daemon
     ev = d.popen("events")
     try:
-        d.cli("run", "-d", "--name", "crash", "--restart", "on-failure:3", d.rootfs, "--", "sh", "-c", "exit 3")
+        d.cli(
+            "run",
+            "-d",
+            "--name",
+            "crash",
+            "--restart",
+            "on-failure:3",
+            d.rootfs,
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        )
         info = d.wait_for(
             "crash", lambda i: i["state"] == "exited" and i["restart_count"] == 3, what="3 restarts"
         )
@@ -157,7 +176,7 @@ def test_on_failure_3_restarts_exactly_three_times_with_growing_delays(running_d
     delays = [e["attributes"]["restart_in_s"] for e in events if e.get("action") == "restarting"]
     assert len(starts) == 4
     assert delays == [0.1, 0.2, 0.4]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] < gaps[1] < gaps[2], gaps
 
 
@@ -177,7 +196,9 @@ def test_restart_policies_no_always_unless_stopped(running_daemon: Daemon) -> No
     assert info["state"] == "exited" and info["restart_count"] == n and info["stopped_by_user"]
 
 
-def test_bad_input_is_rejected_with_exit_2_and_nothing_created(running_daemon: Daemon, tmp_path: Path) -> None:
+def test_bad_input_is_rejected_with_exit_2_and_nothing_created(
+    running_daemon: Daemon, tmp_path: Path
+) -> None:
     d = running_daemon
     d.cli("run", "-d", "--name", "keep", d.rootfs, "--", "sleep", "1000")
     keep_pid = d.wait_for("keep", lambda i: i["state"] == "running")["pid"]
@@ -205,7 +226,9 @@ def test_bad_input_is_rejected_with_exit_2_and_nothing_created(running_daemon: D
     assert d.inspect("keep")["pid"] == keep_pid
 
 
-def test_containers_from_the_config_file_start_with_the_daemon(daemon: Daemon, tmp_path: Path) -> None:
+def test_containers_from_the_config_file_start_with_the_daemon(
+    daemon: Daemon, tmp_path: Path
+) -> None:
     cfg = tmp_path / "nsvisor.toml"
     cfg.write_text(
         f"""

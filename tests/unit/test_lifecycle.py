@@ -7,7 +7,16 @@ from supervisor.lifecycle import STATES, TRANSITIONS, IllegalTransition, transit
 
 def test_a_restart_cycle_walks_the_table() -> None:
     s = "created"
-    for event in ("start", "started", "exit", "schedule_restart", "start", "started", "stop", "exit"):
+    for event in (
+        "start",
+        "started",
+        "exit",
+        "schedule_restart",
+        "start",
+        "started",
+        "stop",
+        "exit",
+    ):
         s = transition("web", s, event)  # type: ignore[arg-type]
     assert s == "exited"
 

@@ -56,7 +56,13 @@ def test_no_never_restarts() -> None:
 
 def test_on_failure_restarts_only_failures_and_at_most_n_times() -> None:
     assert run("on-failure:3", 0)[0] is False
-    assert [run("on-failure:3", 1, count=n)[0] for n in range(5)] == [True, True, True, False, False]
+    assert [run("on-failure:3", 1, count=n)[0] for n in range(5)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
     assert run("on-failure", 1, count=1000)[0] is True  # no count = unlimited
 
 
@@ -101,7 +107,9 @@ def test_decide_carries_the_backoff_delay() -> None:
 
 def test_start_on_boot() -> None:
     assert start_on_boot(RestartPolicy("always"), stopped_by_user=True, was_running=False)
-    assert not start_on_boot(RestartPolicy("unless-stopped"), stopped_by_user=True, was_running=True)
+    assert not start_on_boot(
+        RestartPolicy("unless-stopped"), stopped_by_user=True, was_running=True
+    )
     assert start_on_boot(RestartPolicy("unless-stopped"), stopped_by_user=False, was_running=False)
     assert not start_on_boot(RestartPolicy("no"), stopped_by_user=False, was_running=False)
     assert start_on_boot(RestartPolicy("no"), stopped_by_user=False, was_running=True)
