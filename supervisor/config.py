@@ -738,13 +738,13 @@ def validate_container(
         c.add(
             "user", f'{_q(user)} is not "UID[:GID]" or "name[:group]"; e.g. "1000:1000" or "nobody"'
         )
-    elif rootfs_ok or re.fullmatch(r"\d*(:\d+)?", user):
+    elif (
+        re.fullmatch(r"\d*(:\d+)?", user) or rootfs_ok or (not check_fs and rootfs.startswith("/"))
+    ):
+        # Names need the rootfs's /etc/passwd; without check_fs (restoring a
+        # persisted spec) it is still read when there. A broken rootfs is
+        # already reported above, so a user name is not reported twice.
         uid, gid, extra_gids = _resolve_user(user, rootfs, c)
-    elif user:
-        c.add(
-            "user",
-            f"{_q(user)} names a user, which needs the rootfs to resolve; use a numeric UID[:GID]",
-        )
 
     hostname = c.get("hostname", _str("a host name like web-1"), name)
     if not hostname:

@@ -1,0 +1,695 @@
+"""The `nsvisor` command: a Docker-like CLI over the daemon's control API.
+
+Start time matters (every `nsvisor ps` pays it), so the module imports only
+the stdlib pieces every command needs. The client (http.client), the config
+validator, the daemon and the runtime are imported inside the commands that
+use them; `python -X importtime -m supervisor version` keeps us honest.
+
+The pure parts are separate functions so tests need no daemon:
+`run_raw` (run options -> the raw container dict the API takes),
+`option_for` (a spec field -> the option the user typed),
+`human_duration` and `status_text` (the STATUS column of `ps`).
+
+Exit codes: 0 ok; 2 usage errors and invalid requests (400/409, bad config);
+1 no such container, daemon unreachable, other failures; `run` without -d
+exits with the container's exit code (125 when the daemon could not start it,
+as Docker does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+if TYPE_CHECKING:
+    from supervisor.client import ApiError, Client
+
+DEFAULT_SOCKET = "/run/nsvisor/nsvisor.sock"  # = supervisor.client.DEFAULT_SOCKET
+
+# Spec fields whose option is not simply "--" + field.replace("_", "-").
+_FIELD_OPTIONS: dict[str, str] = {
+    "rootfs": "ROOTFS",
+    "command": "COMMAND",
+    "volumes": "--volume",
+    "auto_remove": "--rm",
+    "io_weight": "--blkio-weight",
+}
+
+# run options -> raw keys; the value is taken as given (strings), numbers are
+# converted when they look like numbers so the JSON body is natural, and the
+# daemon's validation (supervisor.config) reports anything wrong by field.
+_RUN_SCALARS: tuple[tuple[str, str], ...] = (
+    ("name", "name"),
+    ("workdir", "workdir"),
+    ("user", "user"),
+    ("hostname", "hostname"),
+    ("memory", "memory"),
+    ("memory_swap", "memory_swap"),
+    ("cpus", "cpus"),
+    ("cpu_shares", "cpu_shares"),
+    ("cpu_weight", "cpu_weight"),
+    ("pids_limit", "pids_limit"),
+    ("io_weight", "io_weight"),
+    ("restart", "restart"),
+    ("stop_signal", "stop_signal"),
+    ("stop_timeout", "stop_timeout"),
+    ("network", "network"),
+    ("pid", "pid"),
+    ("ipc", "ipc"),
+    ("uts", "uts"),
+    ("cgroupns", "cgroupns"),
+    ("backoff_initial", "backoff_initial"),
+    ("backoff_max", "backoff_max"),
+    ("backoff_factor", "backoff_factor"),
+    ("backoff_reset", "backoff_reset"),
+)
+_NUMERIC = {
+    "cpus",
+    "cpu_shares",
+    "cpu_weight",
+    "pids_limit",
+    "io_weight",
+    "backoff_factor",
+    "stop_timeout",
+}
+
+
+class CliError(Exception):
+    """A failure already phrased for the user; carries the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers
+
+
+def option_for(field: str) -> str:
+    """'memory' -> '--memory', 'pids_limit' -> '--pids-limit', 'volumes' -> '--volume'."""
+    if field in _FIELD_OPTIONS:
+        return _FIELD_OPTIONS[field]
+    if not field or not field.replace("_", "").isalnum():
+        return field
+    return "--" + field.replace("_", "-")
+
+
+def _number_or_text(text: str) -> int | float | str:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def run_raw(
+    args: argparse.Namespace,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> dict[str, Any]:
+    """The raw container dict for `run`: only the keys the user gave.
+
+    rootfs and ./relative volume sources are made absolute from cwd (Docker
+    does the same for "./" bind sources); `-e NAME` without "=" takes NAME's
+    value from the CLI's environment and is dropped when unset, as in Docker.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = os.getcwd() if cwd is None else cwd
+    raw: dict[str, Any] = {"rootfs": os.path.normpath(os.path.join(cwd, args.rootfs))}
+    command = list(args.command or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    if command:
+        raw["command"] = command
+    for attr, key in _RUN_SCALARS:
+        value = getattr(args, attr, None)
+        if value is not None:
+            raw[key] = _number_or_text(value) if key in _NUMERIC else value
+    if args.env is not None:
+        env: list[str] = []
+        for item in args.env:
+            if "=" in item:
+                env.append(item)
+            elif item in environ:
+                env.append(f"{item}={environ[item]}")
+        raw["env"] = env
+    if args.volume is not None:
+        volumes = []
+        for v in args.volume:
+            if v.startswith("."):
+                src, sep, rest = v.partition(":")
+                v = os.path.normpath(os.path.join(cwd, src)) + sep + rest
+            volumes.append(v)
+        raw["volumes"] = volumes
+    for attr in ("tmpfs", "cap_add", "cap_drop"):
+        value = getattr(args, attr)
+        if value is not None:
+            raw[attr] = list(value)
+    for attr in ("read_only", "auto_remove"):
+        if getattr(args, attr):
+            raw[attr] = True
+    return raw
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's units.HumanDuration: "Less than a second", "About a minute", "3 hours"."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = round(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def _epoch(value: Any) -> float | None:
+    """A time from the API: epoch seconds, or an RFC 3339 string."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 else None
+    if isinstance(value, str):
+        from datetime import datetime
+
+        text = value.strip().replace("Z", "+00:00")
+        head, dot, frac = text.partition(".")
+        if dot:  # Python < 3.12 takes at most 6 fractional digits
+            digits = "".join(ch for ch in frac if ch.isdigit())
+            frac = digits[:6] + frac[len(digits) :]
+            text = f"{head}.{frac}"
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def status_text(summary: Mapping[str, Any], now: float) -> str:
+    """The STATUS column, like docker ps: "Up 3 minutes", "Exited (137) 5 seconds ago"."""
+    state = str(summary.get("state") or "")
+    exit_code = summary.get("exit_code")
+    started = _epoch(summary.get("started_at"))
+    finished = _epoch(summary.get("finished_at"))
+    code = "" if exit_code is None else f" ({exit_code})"
+    if state in ("running", "stopping"):
+        up = "Up" if started is None else f"Up {human_duration(max(0.0, now - started))}"
+        return up + (" (stopping)" if state == "stopping" else "")
+    if state == "restarting":
+        ago = "" if finished is None else f" {human_duration(max(0.0, now - finished))} ago"
+        return f"Restarting{code}{ago}"
+    if state in ("exited", "stopped", "dead"):
+        ago = "" if finished is None else f" {human_duration(max(0.0, now - finished))} ago"
+        return f"Exited{code}{ago}"
+    if state == "created":
+        return "Created"
+    return state.capitalize() or str(summary.get("status") or "")
+
+
+def _command_text(command: Any, width: int = 20) -> str:
+    if isinstance(command, list):
+        import shlex
+
+        text = shlex.join(str(c) for c in command)
+    else:
+        text = str(command or "")
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return f'"{text}"'
+
+
+def ps_table(summaries: Sequence[Mapping[str, Any]], now: float) -> str:
+    header = ("NAME", "STATUS", "PID", "RESTARTS", "COMMAND", "ROOTFS")
+    rows = [header]
+    for s in summaries:
+        pid = s.get("pid")
+        rows.append(
+            (
+                str(s.get("name", "")),
+                status_text(s, now),
+                "-" if pid is None else str(pid),
+                str(s.get("restart_count", 0)),
+                _command_text(s.get("command")),
+                str(s.get("rootfs", "")),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = []
+    for r in rows:
+        cells = [r[i].ljust(widths[i]) for i in range(len(widths))] + [r[-1]]
+        lines.append("   ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Output and errors
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _api_error_text(exc: ApiError, name: str | None = None) -> tuple[str, int]:
+    """(message for stderr, exit code) for an error status from the daemon."""
+    if exc.status == 404:
+        if name is not None and not exc.message.startswith("no such endpoint"):
+            return f"nsvisor: no such container: {name}\n", 1
+        return f"nsvisor: {exc.message}\n", 1
+    lines = [f"nsvisor: {exc.message}"]
+    for p in exc.problems:
+        lines.append(f"  {option_for(str(p.get('field', '')))}: {p.get('message', '')}")
+    return "\n".join(lines) + "\n", 2 if exc.status in (400, 409) else 1
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from supervisor.client import Client
+
+    return Client(args.socket)
+
+
+def _container_path(name: str, action: str = "", **query: Any) -> str:
+    path = f"/v1/containers/{quote(name, safe='')}"
+    if action:
+        path += f"/{action}"
+    params = {k: v for k, v in query.items() if v is not None}
+    if params:
+        path += "?" + urlencode(params)
+    return path
+
+
+def _each(args: argparse.Namespace, method: str, path_for: Callable[[str], str]) -> int:
+    """One request per NAME; print each name that succeeded; keep going on errors."""
+    from supervisor.client import ApiError
+
+    client = _client(args)
+    code = 0
+    for name in args.names:
+        try:
+            client.request(method, path_for(name))
+        except ApiError as exc:
+            text, rc = _api_error_text(exc, name)
+            _err(text)
+            code = max(code, rc)
+        else:
+            _out(name + "\n")
+    return code
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    raw = run_raw(args)
+    body = {"spec": raw, "start": True}
+    client = _client(args)
+    if args.detach:
+        _, reply = client.request("POST", "/v1/containers", body)
+        name = reply.get("name") if isinstance(reply, dict) else None
+        _out(f"{name or raw.get('name', '')}\n")
+        return 0
+    return _run_attached(client, body)
+
+
+def _run_attached(client: Client, body: Mapping[str, Any]) -> int:
+    """Stream the container's output until it exits; forward SIGINT/SIGTERM
+    to it meanwhile (Docker's sig-proxy). The signal handler posts a kill on
+    a second connection; the read of the stream is restarted after it (PEP 475)."""
+    import contextlib
+    import signal
+
+    from supervisor.client import ClientError
+
+    name: str | None = None
+    pending: list[str] = []
+
+    def forward(sig: str) -> None:
+        # Already gone? Then the stream's end tells the rest.
+        with contextlib.suppress(ClientError):
+            client.request("POST", _container_path(name or "", "kill", signal=sig))
+
+    def on_signal(signum: int, frame: object) -> None:
+        sig = "INT" if signum == signal.SIGINT else "TERM"
+        if name is None:
+            pending.append(sig)
+        else:
+            forward(sig)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for record in client.stream("POST", "/v1/containers?attach=1", body):
+            if not isinstance(record, dict):
+                continue
+            if "log" in record:
+                (sys.stderr if record.get("stream") == "stderr" else sys.stdout).write(
+                    str(record["log"])
+                )
+                (sys.stderr if record.get("stream") == "stderr" else sys.stdout).flush()
+            elif "exit_code" in record:
+                code = record["exit_code"]
+                return int(code) if isinstance(code, int) else 1
+            elif "error" in record:
+                _err(f"nsvisor: {record['error']}\n")
+                return 125
+            elif "name" in record and name is None:
+                name = str(record["name"])
+                for sig in pending:
+                    forward(sig)
+                pending.clear()
+    except OSError as exc:
+        raise CliError(f"nsvisor: lost the connection to the daemon: {exc}") from exc
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    raise CliError("nsvisor: the daemon closed the stream before the container exited")
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    _, summaries = _client(args).request("GET", "/v1/containers?all=" + ("1" if args.all else "0"))
+    summaries = summaries if isinstance(summaries, list) else []
+    if args.format == "json":
+        _out(json.dumps(summaries) + "\n")
+    else:
+        _out(ps_table(summaries, time.time()) + "\n")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from supervisor.client import ApiError
+
+    query: dict[str, Any] = {"follow": "1" if args.follow else "0"}
+    if args.tail is not None and args.tail != "all":
+        query["tail"] = args.tail
+    try:
+        for record in _client(args).stream("GET", _container_path(args.name, "logs", **query)):
+            if not isinstance(record, dict) or "log" not in record:
+                continue
+            text = str(record["log"])
+            if args.timestamps:
+                text = f"{record.get('time', '')} {text}"
+            out = sys.stderr if record.get("stream") == "stderr" else sys.stdout
+            out.write(text)
+            out.flush()
+    except ApiError as exc:
+        text, code = _api_error_text(exc, args.name)
+        _err(text)
+        return code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from supervisor.client import ApiError
+
+    client = _client(args)
+    found: list[Any] = []
+    code = 0
+    for name in args.names:
+        try:
+            found.append(client.request("GET", _container_path(name))[1])
+        except ApiError as exc:
+            text, rc = _api_error_text(exc, name)
+            _err(text)
+            code = max(code, rc)
+    _out(json.dumps(found, indent=2) + "\n")
+    return code
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    try:
+        for event in _client(args).stream("GET", "/v1/events"):
+            _out(json.dumps(event) + "\n")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from supervisor import __version__
+    from supervisor.client import ClientError
+
+    _out(f"nsvisor {__version__}\n")
+    try:
+        _, info = _client(args).request("GET", "/v1/version")
+    except ClientError as exc:
+        _err(f"daemon: not reachable ({exc})\n")
+        return 0
+    if isinstance(info, dict) and "version" in info:
+        extra = ", ".join(f"{k} {v}" for k, v in info.items() if k != "version")
+        _out(f"daemon: nsvisor {info['version']}" + (f" ({extra})" if extra else "") + "\n")
+    else:
+        _out(f"daemon: {json.dumps(info)}\n")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from supervisor.config import load_config
+    from supervisor.errors import ConfigError
+
+    # load_config rather than check_config: the same problems, rendered the same
+    # way, and the count of containers for the OK line without a second parse.
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for p in exc.problems:
+            _err(p.render(exc.source) + "\n")
+        return 2
+    _out(f"{args.file}: OK ({len(config.containers)} containers)\n")
+    return 0
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    overrides: dict[str, str] = {}
+    socket = args.daemon_socket or args.global_socket
+    if socket:
+        overrides["socket"] = socket
+    for key in ("state_dir", "metrics_addr", "cgroup_parent"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    from supervisor.daemon.app import run
+
+    return int(run(args.config, overrides) or 0)
+
+
+def cmd_rootfs(args: argparse.Namespace) -> int:
+    from supervisor.runtime.rootfs import build_busybox_rootfs
+
+    build_busybox_rootfs(args.dir)
+    _out(f"{args.dir}\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Parser
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("-d", "--detach", action="store_true", help="run in the background and print the name")
+    a("--rm", dest="auto_remove", action="store_true", help="remove the container when it exits")
+    a("--name", help="container name (default: generated)")
+    a(
+        "-e",
+        "--env",
+        action="append",
+        metavar="K=V",
+        help="set an environment variable (repeatable)",
+    )
+    a("-w", "--workdir", help="working directory inside the container")
+    a("-u", "--user", help="UID[:GID] or name[:group] from the rootfs's /etc/passwd")
+    a("--hostname", help="host name (default: the container name)")
+    a("-m", "--memory", help="memory limit, e.g. 64m, 1g")
+    a("--memory-swap", help="memory + swap limit; -1 = unlimited swap")
+    a("--cpus", help="number of CPUs, e.g. 0.5")
+    a("-c", "--cpu-shares", help="relative CPU weight (2..262144)")
+    a("--cpu-weight", help="cgroup v2 CPU weight (1..10000)")
+    a("--pids-limit", help="maximum number of processes (-1 = unlimited)")
+    a("--blkio-weight", "--io-weight", dest="io_weight", help="block I/O weight (10..1000)")
+    a("--restart", help="no, on-failure[:N], always, unless-stopped")
+    a("-v", "--volume", action="append", metavar="SRC:DST[:ro|rw]", help="bind mount (repeatable)")
+    a("--tmpfs", action="append", metavar="DST[:OPTS]", help="tmpfs mount, e.g. /run:size=64m")
+    a("--read-only", action="store_true", help="mount the rootfs read-only")
+    a("--stop-signal", help="signal for stop (default SIGTERM)")
+    a("--stop-timeout", help="seconds to wait after the stop signal (default 10)")
+    a("--network", help="none (default) or host")
+    for ns in ("pid", "ipc", "uts", "cgroupns"):
+        a(f"--{ns}", help=f"{ns} namespace: private (default) or host")
+    a("--cap-add", action="append", metavar="CAP", help="add a capability (repeatable)")
+    a("--cap-drop", action="append", metavar="CAP", help="drop a capability (repeatable)")
+    a("--backoff-initial", help="first restart delay (default 100ms)")
+    a("--backoff-max", help="longest restart delay (default 60s)")
+    a("--backoff-factor", help="delay multiplier per restart (default 2)")
+    a("--backoff-reset", help="a run this long resets the delay (default 10s)")
+    a("rootfs", metavar="ROOTFS", help="the container's root filesystem directory")
+    a("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nsvisor", description="A container supervisor on Linux namespaces and cgroups."
+    )
+    parser.add_argument(
+        "--socket",
+        dest="global_socket",
+        metavar="PATH",
+        help=f"the daemon's control socket (default: $NSVISOR_SOCKET or {DEFAULT_SOCKET})",
+    )
+    sub = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    _add_run_options(add("run", cmd_run, "create and start a container"))
+
+    p = add("ps", cmd_ps, "list containers")
+    p.add_argument("-a", "--all", action="store_true", help="show stopped containers too")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = add("logs", cmd_logs, "print a container's output")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("--tail", metavar="N", help="only the last N lines (default: all)")
+    p.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
+    p.add_argument("name", metavar="NAME")
+
+    p = add("inspect", cmd_inspect, "print containers' details as JSON")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = add(
+        "stop",
+        lambda a: _each(a, "POST", lambda n: _container_path(n, "stop", timeout=a.time)),
+        "stop containers",
+    )
+    p.add_argument(
+        "-t",
+        "--time",
+        "--timeout",
+        dest="time",
+        type=int,
+        metavar="S",
+        help="seconds before SIGKILL",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = add(
+        "start",
+        lambda a: _each(a, "POST", lambda n: _container_path(n, "start")),
+        "start containers",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = add(
+        "restart",
+        lambda a: _each(a, "POST", lambda n: _container_path(n, "restart", timeout=a.time)),
+        "restart containers",
+    )
+    p.add_argument(
+        "-t",
+        "--time",
+        "--timeout",
+        dest="time",
+        type=int,
+        metavar="S",
+        help="seconds before SIGKILL",
+    )
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = add(
+        "rm",
+        lambda a: _each(a, "DELETE", lambda n: _container_path(n, force="1" if a.force else None)),
+        "remove containers",
+    )
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    p = add(
+        "kill",
+        lambda a: _each(a, "POST", lambda n: _container_path(n, "kill", signal=a.signal)),
+        "send a signal to containers",
+    )
+    p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+
+    add("events", cmd_events, "print lifecycle events as JSON lines")
+    add("version", cmd_version, "print the CLI's and the daemon's version")
+
+    p = add("check-config", cmd_check_config, "validate a config file")
+    p.add_argument("file", metavar="FILE")
+
+    p = add("daemon", cmd_daemon, "run the daemon (as root)")
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--state-dir", metavar="DIR")
+    p.add_argument("--socket", dest="daemon_socket", metavar="PATH")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT")
+    p.add_argument("--cgroup-parent", metavar="PATH")
+
+    p = add("rootfs", cmd_rootfs, "build a root filesystem")
+    rsub = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    b = rsub.add_parser("busybox", help="a busybox rootfs from the host's busybox binary")
+    b.add_argument("dir", metavar="DIR")
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    args.socket = args.global_socket or os.environ.get("NSVISOR_SOCKET") or DEFAULT_SOCKET
+    from supervisor.client import ApiError, DaemonUnreachable
+
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        _err(f"{exc}\n")
+        return exc.code
+    except DaemonUnreachable as exc:
+        _err(f"nsvisor: {exc}\n")
+        return 1
+    except ApiError as exc:
+        text, code = _api_error_text(exc, getattr(args, "name", None))
+        _err(text)
+        return code
+    except BrokenPipeError:
+        # `nsvisor logs web | head`: stop quietly, like other Unix tools.
+        # Point stdout at /dev/null so the interpreter's final flush does not
+        # raise again (the recipe in the signal module's documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
