@@ -1,0 +1,211 @@
+"""The narrow ctypes seam to the kernel calls Python's os module lacks (3.11).
+
+Every function raises OSError(errno, strerror, path) on failure, so a caller's
+message can name both the errno and the path involved. Nothing here decides
+anything: the runtime's plans (workload.py) choose what to call and in which
+order; tests can replace this module's functions with a recording fake.
+
+x86_64 and aarch64 only (the syscall numbers below); other architectures fail
+at import with a message that says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+# --- constants (linux/include/uapi/linux/sched.h, mount.h, prctl.h) ---------
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+
+MNT_DETACH = 2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+PR_SET_NAME = 15
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+CLOSE_RANGE_MAX = 0xFFFFFFFF
+
+# statvfs f_flag bits -> the MS_* flag that must be repeated on a bind remount.
+# A bind remount replaces the per-mount flags; the kernel refuses (EPERM) to
+# clear a flag that is "locked" (inherited from a more privileged mount
+# namespace), so a read-only remount must carry the existing ones along. This is
+# runc's getMountFlags/remount logic. ST_RELATIME (4096) is not MS_RELATIME.
+STATVFS_TO_MS: tuple[tuple[int, int], ...] = (
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME),
+    (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
+
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+_libc.syscall.restype = ctypes.c_long
+_libc.close_range.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_CapDataPair = _CapData * 2
+_libc.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+_libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+
+
+def _fs(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _check(ret: int, what: str, path: str | None = None) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+    return ret
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    ret = _libc.mount(_fs(source), _fs(target), _fs(fstype), flags, _fs(data))
+    _check(
+        ret,
+        f"mount {fstype or 'bind/remount'} {source or ''} on {target}".replace("  ", " "),
+        target,
+    )
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(_fs(target), flags), f"umount {target}", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    try:
+        nr = _SYS_PIVOT_ROOT[platform.machine()]
+    except KeyError:
+        raise OSError(
+            38, f"pivot_root: no syscall number for {platform.machine()}", new_root
+        ) from None
+    ret = _libc.syscall(ctypes.c_long(nr), _fs(new_root), _fs(put_old))
+    _check(ret, f"pivot_root {new_root}", new_root)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), f"unshare(0x{flags:x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), f"setns(fd {fd}, 0x{nstype:x})")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), f"sethostname {name!r}")
+
+
+def mknod(path: str, mode: int, device: int) -> None:
+    try:
+        os.mknod(path, mode, device)
+    except OSError as e:
+        raise OSError(e.errno, f"mknod {path}: {os.strerror(e.errno or 0)}", path) from None
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) as 64-bit masks."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = _CapDataPair()
+    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+        data[0].inheritable | data[1].inheritable << 32,
+    )
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = _CapDataPair()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+def pidfd_open(pid: int) -> int:
+    return os.pidfd_open(pid)
+
+
+def close_range(first: int, last: int = CLOSE_RANGE_MAX, flags: int = 0) -> None:
+    _check(_libc.close_range(first, last, flags), f"close_range({first}, {last})")
+
+
+def cap_last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())

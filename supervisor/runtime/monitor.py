@@ -1,0 +1,352 @@
+"""The monitor: the container's PID 1 (tini's job) and its log/exit keeper
+(conmon's job), in one process per container.
+
+It stays in the host mount namespace (so it can write the log and exit files)
+and is non-dumpable (so container root cannot reach the host through
+/proc/1/root or /proc/1/fd). One poll loop over the output pipes and a signal
+wake-up pipe; no threads, no event loop library: it is forked per container and
+its memory counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import NoReturn
+
+from supervisor.runtime import linux
+from supervisor.runtime.spec import LaunchSpec
+from supervisor.runtime.workload import exec_workload
+
+# Docker's json-file driver splits lines longer than this into partial entries.
+MAX_LINE = 16 * 1024
+# After every process is gone, how long to wait for EOF on the output pipes (a
+# process outside the pid namespace could hold them; only with pid=host).
+DRAIN_TIMEOUT_S = 1.0
+# After SIGKILL, how long to wait for the last processes before giving up.
+KILL_TIMEOUT_S = 10.0
+
+# Never forwarded: SIGCHLD is ours; fault signals are about the monitor itself
+# and keep their default action (tini's list).
+_FAULT_SIGNALS = frozenset(
+    {
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGILL,
+        signal.SIGFPE,
+        signal.SIGABRT,
+        signal.SIGSYS,
+        signal.SIGTRAP,
+    }
+)
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+def rfc3339_nano(ns: int) -> str:
+    """2026-11-27T19:00:00.123456789Z from nanoseconds since the epoch."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+def parse_oom_kill(text: str) -> int | None:
+    """The "oom_kill N" line of v2 memory.events or v1 memory.oom_control."""
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return None
+
+
+def read_oom_kill(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            return parse_oom_kill(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def exit_record(
+    status: int,
+    oom_before: int | None,
+    oom_after: int | None,
+    started_at: float,
+    finished_at: float,
+) -> dict[str, object]:
+    """The exit file's content from a waitpid status. Pure."""
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    code = 128 + sig if sig is not None else os.waitstatus_to_exitcode(status)
+    oom = oom_before is not None and oom_after is not None and oom_after > oom_before
+    return {
+        "exit_code": code,
+        "signal": sig,
+        "oom_killed": oom,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """tmp + fsync + rename: a reader sees the whole file or none."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+class LogWriter:
+    """Docker json-file lines: {"log":"text\\n","stream":"stdout","time":"..."}."""
+
+    def __init__(self, fd: int, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.fd = fd
+        self.clock_ns = clock_ns
+        self.pending: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def _emit(self, stream: str, chunk: bytes) -> None:
+        line = json.dumps(
+            {
+                "log": chunk.decode(errors="replace"),
+                "stream": stream,
+                "time": rfc3339_nano(self.clock_ns()),
+            },
+            separators=(",", ":"),
+        )
+        data = (line + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            pass  # a full disk must not kill PID 1; the lines are lost
+
+    def feed(self, stream: str, data: bytes) -> None:
+        buf = self.pending[stream] + data
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0 or nl >= MAX_LINE:
+                if len(buf) < MAX_LINE:
+                    break
+                self._emit(stream, buf[:MAX_LINE])
+                buf = buf[MAX_LINE:]
+                continue
+            self._emit(stream, buf[: nl + 1])
+            buf = buf[nl + 1 :]
+        self.pending[stream] = buf
+
+    def flush(self, stream: str) -> None:
+        if self.pending[stream]:
+            self._emit(stream, self.pending[stream])
+            self.pending[stream] = b""
+
+
+def _send_event(sock: socket.socket, event: dict[str, object]) -> None:
+    # OSError: the launcher went away; the container still runs.
+    with contextlib.suppress(OSError):
+        sock.send(json.dumps(event).encode() + b"\n", socket.MSG_NOSIGNAL)
+
+
+class Monitor:
+    def __init__(self, spec: LaunchSpec, sock: socket.socket) -> None:
+        self.spec = spec
+        self.sock = sock
+        self.private_pidns = spec.namespaces.pid == "private" and os.getpid() == 1
+        self.forward = frozenset(
+            s
+            for s in signal.valid_signals()
+            if s not in _FAULT_SIGNALS | _UNCATCHABLE | {signal.SIGCHLD}
+        )
+        self.workload_pid = 0
+        self.status: int | None = None
+        self.started_at = time.time()
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _setup_process(self) -> None:
+        os.setsid()
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)
+        if not self.private_pidns:
+            # Not PID 1: become the reaper of the workload's orphans anyway.
+            linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+        try:
+            with open("/proc/self/comm", "w") as f:
+                f.write("nsvisor-monitor")
+        except OSError:
+            pass
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        os.chdir("/")
+
+    def _setup_signals(self) -> int:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for sig in self.forward | {signal.SIGCHLD}:
+            with contextlib.suppress(OSError, ValueError):  # 32/33 belong to glibc
+                signal.signal(sig, _noop)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        return wake_r
+
+    def _spawn_workload(self) -> tuple[int, int, int]:
+        """Fork the workload; returns (stdout read end, stderr read end, error
+        pipe read end)."""
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+        # Blocked around fork so no signal runs a Python handler in the child
+        # before it has put the default dispositions back.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        pid = os.fork()
+        if pid == 0:
+            exec_workload(self.spec, exec_w, out_w, err_w)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self.workload_pid = pid
+        for fd in (out_w, err_w, exec_w):
+            os.close(fd)
+        return out_r, err_r, exec_r
+
+    def _read_exec_result(self, exec_r: int) -> tuple[int, str | None]:
+        """(workload host pid, error message or None); EOF means exec happened."""
+        data = b""
+        while chunk := os.read(exec_r, 65536):
+            data += chunk
+        os.close(exec_r)
+        host_pid = 0
+        error: str | None = None
+        text = data.decode(errors="replace")
+        head, _, rest = text.partition("\n")
+        if head.startswith("P"):
+            host_pid = int(head[1:])
+        else:
+            rest = text
+        if rest.startswith("E"):
+            error = rest[1:].partition(" ")[2] or rest
+        elif not head.startswith("P"):
+            error = "the workload died before it could report (killed during set-up?)"
+        return host_pid, error
+
+    # -- the loop -------------------------------------------------------------
+
+    def _reap(self) -> bool:
+        """Drain waitpid(-1, WNOHANG). True when no child is left."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return True
+            if pid == 0:
+                return False
+            if pid == self.workload_pid and self.status is None:
+                self.status = status
+
+    def _kill_rest(self, sig: int) -> None:
+        try:
+            if self.private_pidns:
+                os.kill(-1, sig)  # everything in our pid namespace but us
+            else:
+                # With the host's pid namespace kill(-1) would hit the host:
+                # only the workload's session (its process group).
+                os.killpg(self.workload_pid, sig)
+        except OSError:
+            pass
+
+    def run(self) -> int:
+        self._setup_process()
+        log_fd = os.open(
+            self.spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
+        )
+        oom_before = read_oom_kill(self.spec.oom_kill_file)
+        wake_r = self._setup_signals()
+        out_r, err_r, exec_r = self._spawn_workload()
+        host_pid, error = self._read_exec_result(exec_r)
+        self.started_at = time.time()
+        if error is None:
+            _send_event(
+                self.sock,
+                {"event": "started", "workload_pid": host_pid, "started_at": self.started_at},
+            )
+        else:
+            _send_event(self.sock, {"event": "error", "message": error})
+        self.sock.close()
+
+        log = LogWriter(log_fd)
+        streams = {out_r: "stdout", err_r: "stderr"}
+        poller = select.poll()
+        for fd in (wake_r, out_r, err_r):
+            poller.register(fd, select.POLLIN)
+        deadline: float | None = None
+        phase = "running"  # -> "terminating" -> "killing" -> "draining"
+        while True:
+            if phase != "running" and deadline is not None and time.monotonic() >= deadline:
+                if phase == "terminating":
+                    self._kill_rest(signal.SIGKILL)
+                    phase, deadline = "killing", time.monotonic() + KILL_TIMEOUT_S
+                else:
+                    break  # killing or draining took too long: give up waiting
+            if phase == "draining" and not streams:
+                break
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            for fd, _ in poller.poll(timeout):
+                if fd == wake_r:
+                    try:
+                        signals = os.read(wake_r, 4096)
+                    except BlockingIOError:
+                        continue
+                    for sig in signals:
+                        if sig in self.forward and self.status is None:
+                            with contextlib.suppress(OSError):
+                                os.kill(self.workload_pid, sig)
+                    continue
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    log.feed(streams[fd], chunk)
+                else:
+                    log.flush(streams.pop(fd))
+                    poller.unregister(fd)
+                    os.close(fd)
+            if phase in ("draining",):
+                continue
+            none_left = self._reap()
+            if phase == "running" and self.status is not None:
+                self._kill_rest(signal.SIGTERM)
+                phase, deadline = "terminating", time.monotonic() + self.spec.teardown_grace_s
+            if phase in ("terminating", "killing") and none_left:
+                phase, deadline = "draining", time.monotonic() + DRAIN_TIMEOUT_S
+        for stream in ("stdout", "stderr"):
+            log.flush(stream)
+        os.close(log_fd)
+
+        status = self.status if self.status is not None else 0xFF00  # exit 255: lost
+        record = exit_record(
+            status, oom_before, read_oom_kill(self.spec.oom_kill_file), self.started_at, time.time()
+        )
+        write_atomic(self.spec.exit_path, json.dumps(record).encode() + b"\n")
+        code = record["exit_code"]
+        assert isinstance(code, int)
+        return code
+
+
+def _noop(signum: int, frame: object) -> None:
+    """The wake-up fd does the work; the handler only has to exist."""
+
+
+def run_monitor(spec: LaunchSpec, sock: socket.socket) -> NoReturn:
+    """Entry point in the forked monitor process. Never returns."""
+    code = 255
+    try:
+        code = Monitor(spec, sock).run()
+    except BaseException as e:
+        _send_event(sock, {"event": "error", "message": f"monitor failed: {e!r}"})
+    finally:
+        os._exit(code & 0xFF)

@@ -1,0 +1,153 @@
+"""LaunchSpec: everything the zygote needs to start one container, as a frozen
+dataclass with a JSON round-trip (it crosses a socket to the zygote).
+
+Pure: no kernel calls. Validation happens on construction, so a LaunchSpec that
+exists is one the runtime can try to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from supervisor.errors import NsvisorError
+from supervisor.runtime.caps import CAPABILITIES, DEFAULT_CAPS
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+NsMode = Literal["private", "host"]
+NetMode = Literal["none", "host"]
+
+
+class LaunchSpecError(NsvisorError, ValueError):
+    """The caller built an impossible LaunchSpec (a programming error in the
+    layer that maps a ContainerSpec to a LaunchSpec)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Namespaces:
+    """Which namespaces are new ("private") and which are the host's.
+
+    The mount namespace is always private (pivot_root needs it). net "none" is a
+    new network namespace with only lo, brought up; "host" shares the host's.
+    """
+
+    pid: NsMode = "private"
+    uts: NsMode = "private"
+    ipc: NsMode = "private"
+    cgroup: NsMode = "private"
+    net: NetMode = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("pid", "uts", "ipc", "cgroup"):
+            if getattr(self, name) not in ("private", "host"):
+                raise LaunchSpecError(
+                    f"namespaces.{name} must be 'private' or 'host', not {getattr(self, name)!r}"
+                )
+        if self.net not in ("none", "host"):
+            raise LaunchSpecError(f"namespaces.net must be 'none' or 'host', not {self.net!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mount:
+    """A volume. bind: source is an absolute host path (file or directory);
+    tmpfs: source is ignored, options are tmpfs options ("size=64m",
+    "mode=1777") and/or the flags nosuid, nodev, noexec."""
+
+    type: Literal["bind", "tmpfs"]
+    destination: str
+    source: str = ""
+    readonly: bool = False
+    options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.type not in ("bind", "tmpfs"):
+            raise LaunchSpecError(f"mount type must be 'bind' or 'tmpfs', not {self.type!r}")
+        if not os.path.isabs(self.destination):
+            raise LaunchSpecError(
+                f"mount destination {self.destination!r} must be an absolute path"
+            )
+        if self.type == "bind" and not os.path.isabs(self.source):
+            raise LaunchSpecError(
+                f"bind mount source {self.source!r} must be an absolute host path"
+            )
+        if self.type == "bind":
+            bad = [o for o in self.options if o not in ("nosuid", "nodev", "noexec")]
+            if bad:
+                raise LaunchSpecError(
+                    f"bind mount {self.destination}: unsupported options {bad}; use nosuid, nodev, noexec"
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchSpec:
+    name: str
+    rootfs: str
+    argv: tuple[str, ...]
+    log_path: str
+    exit_path: str
+    env: tuple[str, ...] = (f"PATH={DEFAULT_PATH}",)
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+    hostname: str = ""
+    namespaces: Namespaces = field(default_factory=Namespaces)
+    mounts: tuple[Mount, ...] = ()
+    read_only: bool = False
+    capabilities: tuple[str, ...] = tuple(sorted(DEFAULT_CAPS))
+    cgroup_procs: tuple[str, ...] = ()
+    oom_kill_file: str | None = None
+    teardown_grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.name:
+            problems.append("name must not be empty")
+        for label in ("rootfs", "log_path", "exit_path", "cwd"):
+            if not os.path.isabs(getattr(self, label)):
+                problems.append(f"{label} {getattr(self, label)!r} must be an absolute path")
+        if not self.argv or not self.argv[0]:
+            problems.append("argv must name a command")
+        problems += [
+            f"env entry {e!r} must look like KEY=VALUE"
+            for e in self.env
+            if "=" not in e or e.startswith("=")
+        ]
+        problems += [
+            f"unknown capability {c!r} (use names like NET_ADMIN)"
+            for c in self.capabilities
+            if c not in CAPABILITIES
+        ]
+        if self.hostname and self.namespaces.uts == "host":
+            problems.append("hostname needs a private uts namespace (namespaces.uts='private')")
+        if self.uid < 0 or self.gid < 0:
+            problems.append("uid and gid must be >= 0")
+        if self.teardown_grace_s < 0:
+            problems.append("teardown_grace_s must be >= 0")
+        if problems:
+            raise LaunchSpecError(f"launch spec {self.name!r}: " + "; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LaunchSpec:
+        raw: dict[str, Any] = json.loads(text)
+        raw["namespaces"] = Namespaces(**raw.get("namespaces", {}))
+        raw["mounts"] = tuple(
+            Mount(**{**m, "options": tuple(m.get("options", ()))}) for m in raw.get("mounts", ())
+        )
+        for key in ("argv", "env", "additional_gids", "capabilities", "cgroup_procs"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+    def path_env(self) -> str:
+        """The PATH the command is searched in (inside the new root)."""
+        for entry in self.env:
+            if entry.startswith("PATH="):
+                return entry[5:]
+        return DEFAULT_PATH

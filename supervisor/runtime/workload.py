@@ -1,0 +1,489 @@
+"""The workload's side of the fork: from the monitor's child to execve.
+
+Runs single-threaded in the forked child, so it may only call the kernel and
+never return: `exec_workload` either execs or reports on the error pipe and
+_exits. The order of the set-up is data (WORKLOAD_STEPS, NAMESPACE_ORDER) and
+the mount set-up is a pure plan (`rootfs_plan`) that an executor applies, so
+both can be read and tested without root.
+
+Error pipe protocol (written to `errfd`, which is O_CLOEXEC): first
+"P<host pid>\n" (the monitor lives in the new pid namespace and cannot map its
+child's pid to the host's; /proc/self of the still-visible host /proc can), then
+on failure "E<exit code> <message>". EOF without "E" means execve succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import socket
+import stat
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from supervisor.runtime import linux
+from supervisor.runtime.caps import CAPABILITIES
+from supervisor.runtime.spec import LaunchSpec
+
+# Exit codes as Docker uses them: 125 the runtime failed, 126 the command could
+# not be invoked, 127 the command was not found.
+EXIT_SETUP_FAILED = 125
+EXIT_CANNOT_INVOKE = 126
+EXIT_NOT_FOUND = 127
+
+# Namespace creation order. User first (it owns the others; unused for now),
+# mount last: by then everything that reads host paths (cgroup.procs) is done.
+# The cgroup namespace comes after joining the container's cgroups so its root
+# is the container's cgroup ("0::/" inside).
+NAMESPACE_ORDER: tuple[tuple[str, int], ...] = (
+    ("user", linux.CLONE_NEWUSER),
+    ("ipc", linux.CLONE_NEWIPC),
+    ("uts", linux.CLONE_NEWUTS),
+    ("net", linux.CLONE_NEWNET),
+    ("cgroup", linux.CLONE_NEWCGROUP),
+    ("mount", linux.CLONE_NEWNS),
+)
+
+# Docker's defaults (moby oci/defaults.go).
+MASKED_PATHS: tuple[str, ...] = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS: tuple[str, ...] = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+
+# name, major, minor (all mode 0666, as runc's default devices)
+DEVICES: tuple[tuple[str, int, int], ...] = (
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+DEV_SYMLINKS: tuple[tuple[str, str], ...] = (
+    ("pts/ptmx", "ptmx"),
+    ("/proc/self/fd", "fd"),
+    ("/proc/self/fd/0", "stdin"),
+    ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"),
+    ("/proc/kcore", "core"),
+)
+
+_NOSUID_NODEV_NOEXEC = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+_OPTION_FLAGS = {"nosuid": linux.MS_NOSUID, "nodev": linux.MS_NODEV, "noexec": linux.MS_NOEXEC}
+
+
+# --- the mount plan ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MountFs:
+    """Mount a filesystem (or change propagation) at `target`."""
+
+    source: str | None
+    target: str
+    fstype: str | None
+    flags: int
+    data: str | None = None
+    in_root: bool = True  # target is inside the rootfs (resolved safely)
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    target: str
+    mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class MakeDev:
+    target: str
+    major: int
+    minor: int
+
+
+@dataclass(frozen=True)
+class Symlink:
+    link_target: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Bind:
+    """Bind a host path; create the target like the source (dir or file)."""
+
+    source: str
+    target: str
+    flags: int
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class PivotRoot:
+    rootfs: str
+
+
+@dataclass(frozen=True)
+class Mask:
+    """After pivot: /dev/null over a file, an empty read-only tmpfs over a dir."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ReadOnly:
+    """After pivot: bind the path onto itself and remount it read-only."""
+
+    path: str
+
+
+Op = MountFs | MakeDir | MakeDev | Symlink | Bind | PivotRoot | Mask | ReadOnly
+
+
+def _split_options(options: Sequence[str]) -> tuple[int, str | None]:
+    flags = 0
+    data: list[str] = []
+    for opt in options:
+        if opt in _OPTION_FLAGS:
+            flags |= _OPTION_FLAGS[opt]
+        else:
+            data.append(opt)
+    return flags, ",".join(data) or None
+
+
+def rootfs_plan(spec: LaunchSpec) -> list[Op]:
+    """The whole mount set-up, in order. Paths before PivotRoot are relative to
+    the rootfs (resolved with `secure_join` when applied), paths after it are
+    absolute in the new root. Pure."""
+    ops: list[Op] = [
+        # Nothing we mount may propagate back to the host.
+        MountFs(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, in_root=False),
+        # pivot_root needs the new root to be a mount point.
+        MountFs(spec.rootfs, spec.rootfs, None, linux.MS_BIND | linux.MS_REC, in_root=False),
+        MakeDir("/proc"),
+        MountFs("proc", "/proc", "proc", _NOSUID_NODEV_NOEXEC),
+        MakeDir("/sys"),
+        MountFs("sysfs", "/sys", "sysfs", _NOSUID_NODEV_NOEXEC | linux.MS_RDONLY),
+        MakeDir("/dev"),
+        MountFs(
+            "tmpfs", "/dev", "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME, "mode=755,size=65536k"
+        ),
+    ]
+    ops += [MakeDev(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
+    ops += [
+        MakeDir("/dev/pts"),
+        MountFs(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            linux.MS_NOSUID | linux.MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+        MakeDir("/dev/shm", 0o1777),
+        MountFs("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+    ]
+    if spec.namespaces.ipc == "private":
+        ops += [
+            MakeDir("/dev/mqueue"),
+            MountFs("mqueue", "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC),
+        ]
+    ops += [Symlink(link, f"/dev/{name}") for link, name in DEV_SYMLINKS]
+    for m in spec.mounts:
+        flags, data = _split_options(m.options)
+        if m.type == "bind":
+            ops.append(Bind(m.source, m.destination, flags, m.readonly))
+        else:
+            ops.append(MakeDir(m.destination))
+            ops.append(
+                MountFs(
+                    "tmpfs",
+                    m.destination,
+                    "tmpfs",
+                    flags
+                    | linux.MS_NOSUID
+                    | linux.MS_NODEV
+                    | (linux.MS_RDONLY if m.readonly else 0),
+                    data,
+                )
+            )
+    ops.append(PivotRoot(spec.rootfs))
+    ops += [Mask(p) for p in MASKED_PATHS]
+    ops += [ReadOnly(p) for p in READONLY_PATHS]
+    if spec.read_only:
+        ops.append(ReadOnly("/"))
+    return ops
+
+
+def secure_join(root: str, unsafe: str) -> str:
+    """Resolve `unsafe` inside `root` as if root were "/": symlinks and ".."
+    can never leave it (filepath-securejoin's rule). Missing components are
+    joined lexically."""
+    parts = [p for p in unsafe.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        current = os.path.join(root, *resolved, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            resolved.append(part)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 255:
+                raise OSError(
+                    errno.ELOOP, f"too many symlinks resolving {unsafe} in {root}", unsafe
+                )
+            link = os.readlink(current)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def _locked_flags(path: str) -> int:
+    f_flag = os.statvfs(path).f_flag
+    return sum(ms for st, ms in linux.STATVFS_TO_MS if f_flag & st)
+
+
+def _remount(path: str, extra: int) -> None:
+    linux.mount(None, path, None, linux.MS_BIND | linux.MS_REMOUNT | extra | _locked_flags(path))
+
+
+def apply(ops: Sequence[Op], rootfs: str) -> None:
+    """Apply a plan from `rootfs_plan` to the kernel."""
+    root = rootfs  # before PivotRoot paths resolve inside the rootfs; after it, "/"
+    for op in ops:
+        if isinstance(op, MountFs):
+            target = secure_join(root, op.target) if op.in_root else op.target
+            linux.mount(op.source, target, op.fstype, op.flags, op.data)
+        elif isinstance(op, MakeDir):
+            path = secure_join(root, op.target)
+            os.makedirs(path, exist_ok=True)
+            os.chmod(path, op.mode)
+        elif isinstance(op, MakeDev):
+            path = secure_join(root, op.target)
+            linux.mknod(path, stat.S_IFCHR | 0o666, os.makedev(op.major, op.minor))
+            os.chmod(path, 0o666)  # mknod honours the umask
+        elif isinstance(op, Symlink):
+            os.symlink(op.link_target, secure_join(root, op.target))
+        elif isinstance(op, Bind):
+            target = secure_join(root, op.target)
+            if os.path.isdir(op.source):
+                os.makedirs(target, exist_ok=True)
+            elif not os.path.exists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            linux.mount(op.source, target, None, linux.MS_BIND | linux.MS_REC)
+            if op.readonly or op.flags:
+                _remount(target, op.flags | (linux.MS_RDONLY if op.readonly else 0))
+        elif isinstance(op, PivotRoot):
+            # runc's trick: pivot_root(".", ".") stacks the old root on top of
+            # the new one at "/"; detaching it leaves only the new root. Unlike
+            # chroot, the old root is gone from this mount namespace entirely.
+            os.chdir(op.rootfs)
+            linux.pivot_root(".", ".")
+            linux.mount(None, ".", None, linux.MS_SLAVE | linux.MS_REC)
+            linux.umount2(".", linux.MNT_DETACH)
+            os.chdir("/")
+            root = "/"
+        elif isinstance(op, Mask):
+            if os.path.isdir(op.path):
+                linux.mount("tmpfs", op.path, "tmpfs", linux.MS_RDONLY)
+            elif os.path.exists(op.path):
+                linux.mount("/dev/null", op.path, None, linux.MS_BIND)
+        elif isinstance(op, ReadOnly) and os.path.exists(op.path):
+            if op.path != "/":
+                linux.mount(op.path, op.path, None, linux.MS_BIND | linux.MS_REC)
+            _remount(op.path, linux.MS_RDONLY)
+
+
+# --- the steps before exec ---------------------------------------------------
+
+
+def _join_cgroups(spec: LaunchSpec) -> None:
+    for path in spec.cgroup_procs:
+        with open(path, "w") as f:
+            f.write("0")
+
+
+def _unshare(spec: LaunchSpec) -> None:
+    private = {
+        "user": False,
+        "ipc": spec.namespaces.ipc == "private",
+        "uts": spec.namespaces.uts == "private",
+        "net": spec.namespaces.net == "none",
+        "cgroup": spec.namespaces.cgroup == "private",
+        "mount": True,
+    }
+    for name, flag in NAMESPACE_ORDER:
+        if private[name]:
+            try:
+                linux.unshare(flag)
+            except OSError as e:
+                raise OSError(
+                    e.errno, f"unshare {name} namespace: {os.strerror(e.errno or 0)}"
+                ) from None
+
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ = "16sH22x"  # struct ifreq: name[16] + short flags, padded to 40 bytes
+
+
+def _network(spec: LaunchSpec) -> None:
+    if spec.namespaces.net != "none":
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack(_IFREQ, b"lo", 0)
+        flags = struct.unpack(_IFREQ, fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | IFF_UP))
+
+
+def _hostname(spec: LaunchSpec) -> None:
+    if spec.namespaces.uts == "private":
+        linux.sethostname(spec.hostname or spec.name[:64])
+
+
+def _mounts(spec: LaunchSpec) -> None:
+    apply(rootfs_plan(spec), spec.rootfs)
+
+
+def _chdir(spec: LaunchSpec) -> None:
+    os.chdir(spec.cwd)
+
+
+def _caps_mask(names: Sequence[str]) -> int:
+    return sum(1 << CAPABILITIES[n] for n in set(names))
+
+
+def _privileges(spec: LaunchSpec) -> None:
+    keep = _caps_mask(spec.capabilities)
+    # The bounding set first: dropping needs CAP_SETPCAP, gone after setuid.
+    for cap in range(linux.cap_last_cap() + 1):
+        if not keep & (1 << cap):
+            linux.prctl(linux.PR_CAPBSET_DROP, cap)
+    os.setgroups(list(spec.additional_gids))
+    os.setgid(spec.gid)
+    os.setuid(spec.uid)  # for uid != 0 this clears permitted and effective
+    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
+    if spec.uid == 0:
+        linux.capset(keep, keep, 0)
+    else:
+        linux.capset(0, 0, 0)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
+    ("join cgroups", _join_cgroups),
+    ("create namespaces", _unshare),
+    ("bring up lo", _network),
+    ("set hostname", _hostname),
+    ("set up mounts", _mounts),
+    ("chdir", _chdir),
+    ("drop privileges", _privileges),
+)
+
+
+def _execvpe(spec: LaunchSpec) -> NoReturn:
+    """execve with PATH search in the new root (os.execvpe's rule: keep going
+    on ENOENT/ENOTDIR, remember the first other error)."""
+    cmd = spec.argv[0]
+    env = dict(e.split("=", 1) for e in spec.env)
+    if "/" in cmd:
+        candidates = [cmd]
+    else:
+        candidates = [os.path.join(d or ".", cmd) for d in spec.path_env().split(":")]
+    first_error: OSError | None = None
+    for path in candidates:
+        try:
+            os.execve(path, list(spec.argv), env)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR) and first_error is None:
+                first_error = e
+    raise first_error or OSError(errno.ENOENT, os.strerror(errno.ENOENT), cmd)
+
+
+def describe(e: OSError) -> str:
+    """strerror plus the path, once (the seam already puts paths in strerror)."""
+    text = e.strerror or str(e)
+    if e.filename and str(e.filename) not in text:
+        text = f"{text}: {e.filename}"
+    return text
+
+
+def _report(errfd: int, text: str) -> None:
+    data = text.encode(errors="replace")
+    while data:
+        data = data[os.write(errfd, data) :]
+
+
+def exec_workload(spec: LaunchSpec, errfd: int, stdout_fd: int, stderr_fd: int) -> NoReturn:
+    """Set up the container around this process and exec the command.
+    Signals must be blocked by the caller around the fork (they are unblocked
+    here once the dispositions are back to default)."""
+    code = EXIT_SETUP_FAILED
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in signal.valid_signals():
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                # Also undoes Python's SIG_IGN of SIGPIPE/SIGXFSZ, which exec
+                # would otherwise hand on to the workload.
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        os.setsid()
+        # stdio first, then nothing of the monitor's survives but the error pipe.
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
+        os.dup2(errfd, 3, inheritable=False)
+        errfd = 3
+        linux.close_range(4)
+        _report(errfd, f"P{os.readlink('/proc/self')}\n")
+        for step, fn in WORKLOAD_STEPS:
+            try:
+                fn(spec)
+            except OSError as e:
+                raise RuntimeError(f"{step}: {describe(e)}") from None
+        code = EXIT_NOT_FOUND
+        try:
+            _execvpe(spec)
+        except OSError as e:
+            code = EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_CANNOT_INVOKE
+            raise RuntimeError(
+                f"exec {spec.argv[0]!r} in rootfs {spec.rootfs}: {os.strerror(e.errno or 0)}"
+            ) from None
+    except BaseException as e:
+        try:
+            _report(errfd, f"E{code} {e}")
+        finally:
+            os._exit(code)

@@ -1,0 +1,325 @@
+"""Launching containers: the zygote (daemon side and process side), the
+intermediate process, and a synchronous launcher for tests and benchmarks.
+
+    daemon --(LaunchSpec JSON + socket end, SCM_RIGHTS)--> zygote
+    zygote: fork intermediate, waitpid it
+    intermediate: unshare(CLONE_NEWPID), fork monitor, pidfd_open(monitor),
+                  send {"event":"monitor","pid":N} + pidfd, _exit(0)
+    monitor (PID 1, re-parented to the daemon, a PR_SET_CHILD_SUBREAPER):
+                  send {"event":"started","workload_pid":N,"started_at":T}
+                  or {"event":"error","message":...}
+
+The per-launch socket is SOCK_SEQPACKET: every event is one message (one JSON
+line) and the pidfd rides on exactly the message it belongs to. The monitor's
+"started" can overtake the intermediate's "monitor" event (two processes write
+to the same socket), so the reader accepts them in either order.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, NoReturn
+
+from supervisor.errors import NsvisorError
+from supervisor.runtime import linux
+from supervisor.runtime.monitor import run_monitor
+from supervisor.runtime.spec import LaunchSpec
+
+if TYPE_CHECKING:
+    import trio
+
+_MAX_MSG = 1 << 18  # a LaunchSpec is a few KiB; SEQPACKET truncates beyond this
+_ANC_SIZE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+
+
+class LaunchError(NsvisorError):
+    """The container did not start. `pid` is the monitor's host pid when a
+    monitor was created (it exits by itself after writing the exit file; the
+    caller, its parent, must reap it)."""
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        self.pid = pid
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Launched:
+    pid: int  # the monitor's host pid
+    pidfd: int  # the caller owns it (close it after reaping)
+    workload_pid: int  # host pid
+    started_at: float  # time.time() when execve succeeded
+
+
+class _Events:
+    """Collects the launch events in whatever order they come."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.workload_pid: int | None = None
+        self.started_at = 0.0
+        self.error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        if self.error is not None and self.pid is None:
+            return True  # the intermediate failed: no monitor will report
+        return self.pid is not None and (self.workload_pid is not None or self.error is not None)
+
+    def feed(self, data: bytes, fds: list[int]) -> None:
+        event = json.loads(data)
+        kind = event.get("event")
+        if kind == "monitor":
+            if not fds:
+                raise LaunchError(f"container {self.name}: monitor event without a pidfd")
+            self.pid, self.pidfd = int(event["pid"]), fds.pop(0)
+        elif kind == "started":
+            self.workload_pid = int(event["workload_pid"])
+            self.started_at = float(event.get("started_at", time.time()))
+        elif kind == "error":
+            self.error = str(event["message"])
+        for fd in fds:
+            os.close(fd)
+
+    def result(self) -> Launched:
+        if self.error is not None:
+            if self.pidfd is not None:
+                os.close(self.pidfd)
+            raise LaunchError(f"container {self.name}: {self.error}", pid=self.pid)
+        assert self.pid is not None and self.pidfd is not None and self.workload_pid is not None
+        return Launched(self.pid, self.pidfd, self.workload_pid, self.started_at)
+
+    def abandon(self) -> None:
+        """Launch interrupted (cancelled, timed out): kill what was started."""
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def _send(sock: socket.socket, event: dict[str, object], fds: list[int] | None = None) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    with contextlib.suppress(OSError):
+        sock.sendmsg([json.dumps(event).encode() + b"\n"], anc, socket.MSG_NOSIGNAL)
+
+
+def _intermediate(spec_json: bytes, sock_fd: int) -> NoReturn:
+    """In a fresh child of the zygote (or of launch_sync's caller)."""
+    code = 1
+    try:
+        # Only the launch socket survives: the monitor must not inherit the
+        # zygote's control socket or anything of the daemon's.
+        if sock_fd != 3:
+            os.dup2(sock_fd, 3, inheritable=False)
+        linux.close_range(4)
+        sock = socket.socket(fileno=3)
+        try:
+            spec = LaunchSpec.from_json(spec_json)
+            if spec.namespaces.pid == "private":
+                linux.unshare(linux.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                run_monitor(spec, sock)
+            pidfd = os.pidfd_open(pid)
+            _send(sock, {"event": "monitor", "pid": pid}, [pidfd])
+            code = 0
+        except BaseException as e:
+            _send(sock, {"event": "error", "message": f"starting the monitor: {e}"})
+    finally:
+        os._exit(code)
+
+
+def _spawn_intermediate(spec_json: bytes, sock_fd: int) -> int:
+    gc.freeze()  # keep the gc from touching (and copying) inherited pages
+    pid = os.fork()
+    if pid == 0:
+        _intermediate(spec_json, sock_fd)
+    return pid
+
+
+def _recv_sync(sock: socket.socket, events: _Events, deadline: float) -> None:
+    while not events.done:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LaunchError(f"container {events.name}: no start event within the timeout")
+        sock.settimeout(remaining)
+        try:
+            data, anc, _, _ = sock.recvmsg(_MAX_MSG, _ANC_SIZE)
+        except TimeoutError:
+            continue
+        if not data:
+            raise LaunchError(
+                f"container {events.name}: launch socket closed before the start event"
+            )
+        events.feed(data, _fds_from(anc))
+
+
+def launch_sync(spec: LaunchSpec, timeout_s: float = 30.0) -> Launched:
+    """Launch without a zygote: fork the intermediate from the caller. For
+    tests and benchmarks; the caller should be a PR_SET_CHILD_SUBREAPER (the
+    monitor is re-parented to the nearest one) and must reap the monitor."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    events = _Events(spec.name)
+    try:
+        with ours:
+            try:
+                pid = _spawn_intermediate(spec.to_json().encode(), theirs.fileno())
+            finally:
+                theirs.close()
+            os.waitpid(pid, 0)
+            _recv_sync(ours, events, time.monotonic() + timeout_s)
+    except BaseException:
+        events.abandon()
+        raise
+    return events.result()
+
+
+# --- the zygote process --------------------------------------------------------
+
+
+def _zygote_main(ctl: socket.socket, daemon_pid: int) -> NoReturn:
+    try:
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != daemon_pid:
+            os._exit(0)  # the daemon died before PDEATHSIG was armed
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is for the daemon
+        os.chdir("/")
+        os.dup2(ctl.fileno(), 3, inheritable=False)
+        linux.close_range(4)
+        ctl = socket.socket(fileno=3)
+        while True:
+            try:
+                msg, fds, _, _ = socket.recv_fds(ctl, _MAX_MSG, 4)
+            except InterruptedError:
+                continue
+            if not msg:
+                os._exit(0)  # the daemon closed the control socket
+            if not fds:
+                continue
+            for extra in fds[1:]:
+                os.close(extra)
+            try:
+                pid = _spawn_intermediate(msg, fds[0])
+            except OSError as e:
+                _send(
+                    socket.socket(fileno=os.dup(fds[0])),
+                    {"event": "error", "message": f"zygote fork: {e}"},
+                )
+                pid = 0
+            finally:
+                os.close(fds[0])
+            if pid:
+                os.waitpid(pid, 0)
+    finally:
+        os._exit(1)
+
+
+class Zygote:
+    """The daemon's handle on the zygote process.
+
+    `Zygote.spawn()` must run before trio.run() and before any thread starts:
+    the zygote is a fork of the daemon at that moment, with everything the
+    monitor and the workload need already imported.
+    """
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self._sock = sock
+        self._tsock: trio.socket.SocketType | None = None
+        self._lock: trio.Lock | None = None
+
+    @classmethod
+    def spawn(cls) -> Zygote:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        daemon_pid = os.getpid()
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _zygote_main(theirs, daemon_pid)
+        theirs.close()
+        return cls(pid, ours)
+
+    async def launch(self, spec: LaunchSpec) -> Launched:
+        import trio
+
+        if self._tsock is None or self._lock is None:
+            self._tsock = trio.socket.from_stdlib_socket(self._sock)
+            self._lock = trio.Lock()
+        payload = spec.to_json().encode()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        tsock = trio.socket.from_stdlib_socket(ours)
+        events = _Events(spec.name)
+        try:
+            with tsock:
+                try:
+                    async with self._lock:
+                        anc = [
+                            (
+                                socket.SOL_SOCKET,
+                                socket.SCM_RIGHTS,
+                                array.array("i", [theirs.fileno()]).tobytes(),
+                            )
+                        ]
+                        try:
+                            await self._tsock.sendmsg([payload], anc)
+                        except OSError as e:
+                            raise LaunchError(
+                                f"container {spec.name}: the zygote is gone ({e})"
+                            ) from e
+                finally:
+                    theirs.close()
+                while not events.done:
+                    data, ancdata, _, _ = await tsock.recvmsg(_MAX_MSG, _ANC_SIZE)
+                    if not data:
+                        raise LaunchError(
+                            f"container {spec.name}: launch socket closed before the start event"
+                        )
+                    events.feed(data, _fds_from(ancdata))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                events.abandon()
+            raise
+        return events.result()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the zygote (EOF on its control socket), reap it, SIGKILL it if
+        it does not go within timeout_s. Running containers are not touched."""
+        self._sock.close()
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        try:
+            if not select.select([pidfd], [], [], timeout_s)[0]:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):  # the daemon's reaper got it first
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        finally:
+            os.close(pidfd)
+
+    def __enter__(self) -> Zygote:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
