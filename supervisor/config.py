@@ -749,7 +749,9 @@ def validate_container(
     hostname = c.get("hostname", _str("a host name like web-1"), name)
     if not hostname:
         hostname = name
-    if len(hostname) > 64 or re.search(r"[\s/\0]", hostname):
+    # A hostname derived from an invalid name is not reported again.
+    explicit = bool(raw.get("hostname")) or bool(NAME_RE.match(name))
+    if explicit and (len(hostname) > 64 or re.search(r"[\s/\0]", hostname)):
         c.add(
             "hostname",
             f"{_q(hostname)} is not a valid host name; use at most 64 letters, digits, - and .",
@@ -1140,9 +1142,21 @@ def find_line(text: str, table: tuple[str, ...], key: str | None = None) -> int 
             dotted = _split_dotted(stripped[:eq])
             if dotted and dotted[0] == key:
                 return lineno
+    if key is not None:
+        sub = _header_line(text, (*table, key))  # the key is itself a table: [table.key]
+        if sub is not None:
+            return sub
     if header_line is None and table:
         return find_line(text, table[:-1], table[-1])
     return header_line
+
+
+def _header_line(text: str, table: tuple[str, ...]) -> int | None:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        header = re.fullmatch(r"\[\[?([^\[\]]+)\]\]?\s*(#.*)?", line.strip())
+        if header and _split_dotted(header.group(1)) == table:
+            return lineno
+    return None
 
 
 def _section(table: tuple[str, ...]) -> str:
