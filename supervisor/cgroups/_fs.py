@@ -53,8 +53,9 @@ def read_text(path: str) -> str:
 
 def write_text(path: str, value: str) -> None:
     # One write() call: cgroup files act on each write, and a partial or
-    # buffered write would be a different request.
-    fd = os.open(path, os.O_WRONLY)
+    # buffered write would be a different request. O_TRUNC is what a shell
+    # redirect does; cgroupfs ignores it, and fixture trees need it.
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, value.encode())
     finally:
