@@ -190,6 +190,11 @@ class StatReader:
     def __init__(self) -> None:
         self.errors: list[str] = []
 
+    def _error(self, path: str) -> None:
+        name = os.path.basename(path)
+        if name not in self.errors:
+            self.errors.append(name)
+
     def read(
         self, path: str | None, parser: Callable[[str], T], optional: bool = False
     ) -> T | None:
@@ -201,9 +206,9 @@ class StatReader:
             return parser(read_text(path))
         except FileNotFoundError:
             if not optional:
-                self.errors.append(os.path.basename(path))
+                self._error(path)
         except (OSError, ValueError):
-            self.errors.append(os.path.basename(path))
+            self._error(path)
         return None
 
 

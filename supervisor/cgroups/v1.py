@@ -360,18 +360,14 @@ class V1Manager:
 
     def memory_events(self, name: str) -> dict[str, int]:
         """What v1 really counts: oom_kill (memory.oom_control, 4.13+) and
-        max = memory.failcnt (times usage hit the limit). v1 has no
-        counterpart of v2's low/high/oom/oom_group_kill."""
-        memory = self._ctl("memory", name)
-        if memory is None:
-            return {}
-        events: dict[str, int] = {}
-        oom = _fs.read_keyed(os.path.join(memory, "memory.oom_control"))
-        if "oom_kill" in oom:
-            events["oom_kill"] = oom["oom_kill"]
-        with contextlib.suppress(FileNotFoundError):
-            events["max"] = parse.parse_int(_fs.read_text(os.path.join(memory, "memory.failcnt")))
-        return events
+        max, the times a charge hit a limit. A charge is checked against memsw
+        first and fails on exactly one counter, so max = memory.failcnt +
+        memory.memsw.failcnt (with swap 0 every hit is a memsw hit). Measured:
+        on 6.18 both failcnt files stay 0 even while the limit is hit and the
+        OOM killer runs, so do not alert on v1 "max". v1 has no counterpart
+        of v2's low/high/oom/oom_group_kill."""
+        r = _fs.StatReader()
+        return _memory_events(r, self._ctl("memory", name)) or {}
 
     def stats(self, name: str) -> Stats:
         r = _fs.StatReader()
@@ -398,15 +394,8 @@ class V1Manager:
             serviced = r.read(_j(blkio, "blkio.throttle.io_serviced_recursive"), str)
             if service_bytes is not None or serviced is not None:
                 io = parse.parse_blkio(service_bytes or "", serviced or "")
-        oom = r.read(_j(memory, "memory.oom_control"), parse.parse_keyed)
         failcnt = r.read(_j(memory, "memory.failcnt"), parse.parse_int)
-        events: dict[str, int] | None = None
-        if oom is not None or failcnt is not None:
-            events = {}
-            if oom is not None and "oom_kill" in oom:
-                events["oom_kill"] = oom["oom_kill"]
-            if failcnt is not None:
-                events["max"] = failcnt
+        events = _memory_events(r, memory)
         return Stats(
             cpu_usage_ns=r.read(_j(acct, "cpuacct.usage"), parse.parse_int),
             cpu_user_ns=user_ns,
@@ -438,6 +427,22 @@ class V1Manager:
             cpu_weight=None if shares is None else shares_to_weight(shares),
             errors=r.errors,
         )
+
+
+def _memory_events(r: _fs.StatReader, memory: str | None) -> dict[str, int] | None:
+    if memory is None:
+        return None
+    oom = r.read(os.path.join(memory, "memory.oom_control"), parse.parse_keyed)
+    failcnt = r.read(os.path.join(memory, "memory.failcnt"), parse.parse_int)
+    memsw_failcnt = r.read(os.path.join(memory, "memory.memsw.failcnt"), parse.parse_int, True)
+    if oom is None and failcnt is None:
+        return None
+    events: dict[str, int] = {}
+    if oom is not None and "oom_kill" in oom:
+        events["oom_kill"] = oom["oom_kill"]
+    if failcnt is not None:
+        events["max"] = failcnt + (memsw_failcnt or 0)
+    return events
 
 
 def _swap_only(memory: int | None, memsw: int | None) -> int | None:
