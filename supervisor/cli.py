@@ -347,7 +347,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_attached(client: Client, body: Mapping[str, Any]) -> int:
     """Stream the container's output until it exits; forward SIGINT/SIGTERM
     to it meanwhile (Docker's sig-proxy). The signal handler posts a kill on
-    a second connection; the read of the stream is restarted after it (PEP 475)."""
+    a second connection; the read of the stream is restarted after it (PEP 475).
+    A third Ctrl-C detaches (the container keeps running), exit 130."""
     import contextlib
     import signal
 
@@ -361,8 +362,15 @@ def _run_attached(client: Client, body: Mapping[str, Any]) -> int:
         with contextlib.suppress(ClientError):
             client.request("POST", _container_path(name or "", "kill", signal=sig))
 
+    interrupts = 0
+
     def on_signal(signum: int, frame: object) -> None:
+        nonlocal interrupts
         sig = "INT" if signum == signal.SIGINT else "TERM"
+        if sig == "INT":
+            interrupts += 1
+            if interrupts >= 3:  # an escape hatch when the workload ignores SIGINT
+                raise KeyboardInterrupt
         if name is None:
             pending.append(sig)
         else:
@@ -374,10 +382,9 @@ def _run_attached(client: Client, body: Mapping[str, Any]) -> int:
             if not isinstance(record, dict):
                 continue
             if "log" in record:
-                (sys.stderr if record.get("stream") == "stderr" else sys.stdout).write(
-                    str(record["log"])
-                )
-                (sys.stderr if record.get("stream") == "stderr" else sys.stdout).flush()
+                out = sys.stderr if record.get("stream") == "stderr" else sys.stdout
+                out.write(str(record["log"]))
+                out.flush()
             elif "exit_code" in record:
                 code = record["exit_code"]
                 return int(code) if isinstance(code, int) else 1
@@ -389,6 +396,11 @@ def _run_attached(client: Client, body: Mapping[str, Any]) -> int:
                 for sig in pending:
                     forward(sig)
                 pending.clear()
+    except KeyboardInterrupt:
+        _err(
+            f"nsvisor: detached; {name or 'the container'} keeps running (nsvisor stop {name or 'NAME'})\n"
+        )
+        return 130
     except OSError as exc:
         raise CliError(f"nsvisor: lost the connection to the daemon: {exc}") from exc
     finally:

@@ -38,6 +38,7 @@ class FakeDaemon:
         self.requests: list[tuple[str, str, Any]] = []
         self.respond: Callable[[str, str, Any], Reply] = lambda m, p, b: (200, {})
         self.kill_seen = threading.Event()
+        self.closing = threading.Event()  # set at teardown: stops slow streams
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -83,6 +84,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     daemon: FakeDaemon
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that went away mid-stream (the detach test) is expected
+
 
 @pytest.fixture
 def fake() -> Iterator[FakeDaemon]:
@@ -96,6 +100,7 @@ def fake() -> Iterator[FakeDaemon]:
     try:
         yield daemon
     finally:
+        daemon.closing.set()
         server.shutdown()
         server.server_close()
         shutil.rmtree(d, ignore_errors=True)
@@ -648,3 +653,28 @@ def test_cli_imports_stay_lean() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.splitlines()[-1] == "[]"
+
+
+def test_third_sigint_detaches(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """A workload that ignores SIGINT cannot trap the user: the third Ctrl-C
+    detaches the CLI (exit 130); each one was forwarded before that."""
+
+    def respond(method: str, path: str, body: Any) -> Reply:
+        if "/kill" in path:
+            return (200, {"name": "web"})
+
+        def records() -> Iterator[Any]:
+            yield {"name": "web"}
+            for _ in range(3):
+                time.sleep(0.1)
+                os.kill(os.getpid(), signal.SIGINT)
+            fake.closing.wait(5)  # the CLI must not wait for this
+
+        return records()
+
+    fake.respond = respond
+    started = time.monotonic()
+    assert cli(fake, "run", "/r", "sh") == 130
+    assert time.monotonic() - started < 4
+    assert "detached; web keeps running (nsvisor stop web)" in capsys.readouterr().err
+    assert sum("/kill?signal=INT" in p for _, p, _ in fake.requests) == 2
