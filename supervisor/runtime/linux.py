@@ -129,11 +129,8 @@ def mount(
     source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
 ) -> None:
     ret = _libc.mount(_fs(source), _fs(target), _fs(fstype), flags, _fs(data))
-    _check(
-        ret,
-        f"mount {fstype or 'bind/remount'} {source or ''} on {target}".replace("  ", " "),
-        target,
-    )
+    what = " ".join(w for w in ("mount", fstype or "(bind/remount)", source, "on", target) if w)
+    _check(ret, what, target)
 
 
 def umount2(target: str, flags: int) -> None:

@@ -268,6 +268,7 @@ class Monitor:
         )
         oom_before = read_oom_kill(self.spec.oom_kill_file)
         wake_r = self._setup_signals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked by the intermediate
         out_r, err_r, exec_r = self._spawn_workload()
         host_pid, error = self._read_exec_result(exec_r)
         self.started_at = time.time()

@@ -417,6 +417,7 @@ def _execvpe(spec: LaunchSpec) -> NoReturn:
     on ENOENT/ENOTDIR, remember the first other error)."""
     cmd = spec.argv[0]
     env = dict(e.split("=", 1) for e in spec.env)
+    env.setdefault("PATH", spec.path_env())  # as Docker: a PATH is always set
     if "/" in cmd:
         candidates = [cmd]
     else:

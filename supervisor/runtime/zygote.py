@@ -137,6 +137,9 @@ def _intermediate(spec_json: bytes, sock_fd: int) -> NoReturn:
             spec = LaunchSpec.from_json(spec_json)
             if spec.namespaces.pid == "private":
                 linux.unshare(linux.CLONE_NEWPID)
+            # Blocked until the monitor has its handlers: a SIGTERM from the
+            # daemon in between is then forwarded, not fatal to PID 1.
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             pid = os.fork()
             if pid == 0:
                 run_monitor(spec, sock)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from supervisor.runtime.spec import Mount
+from supervisor.runtime.spec import Mount, Namespaces
 from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 
 from .conftest import Launcher, wait_readable, wait_until
@@ -102,7 +102,14 @@ def test_teardown_kills_leftovers_after_the_grace_period(launcher: Launcher) -> 
     """When the workload exits, what is left gets SIGTERM, and SIGKILL after
     teardown_grace_s; a TERM-ignoring orphan delays the exit by the grace."""
     c = launcher.start(
-        ["sh", "-c", "(trap '' TERM; exec sleep 1000) & echo started; exit 5"], teardown_grace_s=0.5
+        [
+            "sh",
+            "-c",
+            "(trap '' TERM; touch /tmp/ignoring; exec sleep 1000) & "
+            "while [ ! -e /tmp/ignoring ]; do sleep 0.01; done; exit 5",
+        ],
+        teardown_grace_s=0.5,
+        mounts=(Mount(type="tmpfs", destination="/tmp"),),
     )
     t0 = time.monotonic()
     record = c.wait()
@@ -288,3 +295,21 @@ def test_zygote_launches_concurrently_and_reports_errors(launcher: Launcher) -> 
     print(
         f"zygote launch latency /bin/true: median {statistics.median(latencies[5:]) * 1000:.1f} ms"
     )
+
+
+def test_host_pid_namespace_terminates_only_the_workloads_session(launcher: Launcher) -> None:
+    """With pid "host" the monitor is not PID 1 (kill(-1) would hit the host):
+    it is a subreaper, and teardown signals only the workload's session."""
+    c = launcher.start(
+        ["sh", "-c", "sleep 1000 & echo $!; exit 4"], namespaces=Namespaces(pid="host")
+    )
+    record = c.wait()
+    assert record["exit_code"] == 4
+    leftover = int(c.output().split()[0])
+    assert leftover != 1
+    assert not os.path.exists(f"/proc/{leftover}") or _state(leftover) == "Z"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line for line in f if line.startswith("State:")).split()[1]
