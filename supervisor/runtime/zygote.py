@@ -78,7 +78,14 @@ class _Events:
         return self.pid is not None and (self.workload_pid is not None or self.error is not None)
 
     def feed(self, data: bytes, fds: list[int]) -> None:
-        event = json.loads(data)
+        try:
+            event = json.loads(data)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            raise LaunchError(
+                f"container {self.name}: garbled launch event {data[:200]!r}"
+            ) from None
         kind = event.get("event")
         if kind == "monitor":
             if not fds:
@@ -173,6 +180,8 @@ def _recv_sync(sock: socket.socket, events: _Events, deadline: float) -> None:
         if not data:
             raise LaunchError(
                 f"container {events.name}: launch socket closed before the start event"
+                " (the monitor died during start-up?)",
+                pid=events.pid,
             )
         events.feed(data, _fds_from(anc))
 
@@ -285,7 +294,7 @@ class Zygote:
                             )
                         ]
                         try:
-                            await self._tsock.sendmsg([payload], anc)
+                            await self._tsock.sendmsg([payload], anc, socket.MSG_NOSIGNAL)
                         except OSError as e:
                             raise LaunchError(
                                 f"container {spec.name}: the zygote is gone ({e})"
@@ -297,6 +306,8 @@ class Zygote:
                     if not data:
                         raise LaunchError(
                             f"container {spec.name}: launch socket closed before the start event"
+                            " (the zygote or the monitor died?)",
+                            pid=events.pid,
                         )
                     events.feed(data, _fds_from(ancdata))
         except BaseException:

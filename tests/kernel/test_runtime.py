@@ -313,3 +313,19 @@ def test_host_pid_namespace_terminates_only_the_workloads_session(launcher: Laun
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/status") as f:
         return next(line for line in f if line.startswith("State:")).split()[1]
+
+
+def test_launch_fails_cleanly_when_the_zygote_is_gone(launcher: Launcher) -> None:
+    """A dead zygote is a LaunchError at the next launch, not a hang."""
+    zygote = Zygote.spawn()
+    os.kill(zygote.pid, signal.SIGKILL)
+    os.waitpid(zygote.pid, 0)
+
+    async def main() -> None:
+        with trio.fail_after(30), pytest.raises(LaunchError, match="zygote"):
+            await zygote.launch(launcher.spec(["true"]))
+
+    try:
+        trio.run(main)
+    finally:
+        zygote.close()
