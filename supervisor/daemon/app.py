@@ -172,7 +172,8 @@ class Daemon:
         os.chmod(path, 0o600)
         sock.listen(128)
         config = Config()
-        config.bind = [f"fd://{sock.fileno()}"]
+        # hypercorn wraps the fd in a socket object of its own and closes it.
+        config.bind = [f"fd://{sock.detach()}"]
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 1.0
@@ -184,7 +185,6 @@ class Daemon:
                 await n.start(serve, api, config)  # type: ignore[arg-type]
                 task_status.started()
         finally:
-            sock.close()
             if os.path.exists(path):
                 os.unlink(path)
 
@@ -214,13 +214,14 @@ def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> 
     # The zygote is forked before trio starts any thread (STYLE: fork only
     # from a single-threaded process).
     zygote = Zygote.spawn()
+    errors: list[BaseException] = []
     try:
         trio.run(Daemon(cfg, zygote, config_path).main)
     except* NsvisorError as group:
-        for exc in group.exceptions:
-            print(f"nsvisor: {exc}", file=sys.stderr)
-        return 1
+        errors.extend(group.exceptions)
     finally:
         zygote.close()
         os.close(lock_fd)
-    return 0
+    for exc in errors:
+        print(f"nsvisor: {exc}", file=sys.stderr)
+    return 1 if errors else 0
