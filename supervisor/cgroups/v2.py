@@ -95,14 +95,20 @@ def plan(limits: Limits, files: set[str]) -> list[_fs.Write]:
 
 
 class V2Manager:
-    """CgroupManager for a pure cgroup v2 host."""
+    """CgroupManager for a pure cgroup v2 host.
+
+    use_cgroup_kill=False makes kill() take the cgroup.freeze path of kernels
+    before 5.14 (tests use it to exercise that path on a new kernel)."""
 
     layout: Layout = "v2"
 
-    def __init__(self, root: str = "/sys/fs/cgroup", parent: str = "nsvisor") -> None:
+    def __init__(
+        self, root: str = "/sys/fs/cgroup", parent: str = "nsvisor", *, use_cgroup_kill: bool = True
+    ) -> None:
         _fs.validate_name(parent, "cgroup parent")
         self.root = root
         self.parent = parent
+        self.use_cgroup_kill = use_cgroup_kill
 
     def _dir(self, name: str) -> str:
         _fs.validate_name(name)
@@ -222,7 +228,7 @@ class V2Manager:
             return
         deadline = time.monotonic() + timeout_s
         kill_file = _j(target, "cgroup.kill")
-        if os.path.exists(kill_file):  # since 5.14
+        if self.use_cgroup_kill and os.path.exists(kill_file):  # since 5.14
             try:
                 _fs.write_text(kill_file, "1")
             except FileNotFoundError:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.cgroups import CgroupManager, Limits, V1Manager, detect, open_manager
+from supervisor.cgroups import CgroupManager, Limits, V1Manager, V2Manager, open_manager
 from supervisor.errors import KernelError
 
 ROOT = "/sys/fs/cgroup"
@@ -287,29 +287,25 @@ def test_pids_max_stops_a_fork_loop(cg: Cgroups) -> None:
 # --- kill and remove -----------------------------------------------------------
 
 
-def _kill_paths() -> list[Any]:
-    freezer = pytest.param(
-        "freezer",
-        marks=pytest.mark.skipif(
-            detect(ROOT) != "hybrid", reason="the v1 freezer exists only on the v1/hybrid layout"
-        ),
-    )
-    return ["default", freezer]
-
-
-@pytest.mark.parametrize("path", _kill_paths())
+@pytest.mark.parametrize("path", ["cgroup.kill", "freezer"])
 def test_kill_empties_a_cgroup_of_three_sleepers(cg: Cgroups, path: str) -> None:
-    """default: cgroup.kill (v2, or the unified dir on hybrid); freezer: v1
-    without cgroup.kill (FROZEN, SIGKILL each pid, THAWED, until empty)."""
+    """cgroup.kill: v2, or the unified dir on hybrid (5.14+). freezer: what a
+    kernel without cgroup.kill gets: v1 freezer.state FROZEN (or v2
+    cgroup.freeze 1), SIGKILL each pid, thaw, until empty."""
     cg.m.create("web", Limits())
     m: CgroupManager = cg.m
     if path == "freezer":
-        m = V1Manager(ROOT, cg.parent, use_unified=False)
-        assert m.events_file("web") is None
-    elif m.events_file("web") is None or not os.path.exists(
-        os.path.join(os.path.dirname(m.events_file("web") or ""), "cgroup.kill")
-    ):
-        pytest.skip("no cgroup.kill on this kernel (needs 5.14+)")
+        if cg.m.layout == "v2":
+            m = V2Manager(ROOT, cg.parent, use_cgroup_kill=False)
+        else:
+            m = V1Manager(ROOT, cg.parent, use_unified=False)
+            assert m.events_file("web") is None
+    else:
+        events = m.events_file("web")
+        if events is None or not os.path.exists(
+            os.path.join(os.path.dirname(events), "cgroup.kill")
+        ):
+            pytest.skip("no cgroup.kill: needs kernel 5.14+ and, on v1, the unified hierarchy")
     # A shell that keeps forking makes the race real: the freezer must stop it.
     procs = [cg.spawn("web", ["sleep", "1000"], m) for _ in range(3)]
     procs.append(cg.spawn("web", ["sh", "-c", "while :; do sleep 1000 & sleep 0.01; done"], m))
@@ -318,9 +314,12 @@ def test_kill_empties_a_cgroup_of_three_sleepers(cg: Cgroups, path: str) -> None
     assert m.pids("web") == []
     assert not m.populated("web")
     assert [p.wait(TIMEOUT_S) for p in procs] == [-signal.SIGKILL] * 4
-    if path == "freezer":
+    if path == "freezer" and cg.m.layout == "hybrid":
         with open(find_file(cg, "web", "freezer.state")) as f:
             assert f.read().strip() == "THAWED"
+    if path == "freezer" and cg.m.layout == "v2":
+        with open(find_file(cg, "web", "cgroup.freeze")) as f:
+            assert f.read().strip() == "0"
 
 
 def test_remove_leaves_nothing_behind_in_any_hierarchy(cg: Cgroups) -> None:
