@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the tiny initramfs of the cgroup v2 test VM: busybox-static, the modules
 # needed to reach the host root over virtio-9p (plus virtio-blk, virtio-rng,
-# overlay) in dependency order, a /sbin/modprobe shim and guest-init as /init.
+# overlay, ext4 for the read-only images of VM_FAST_DIRS) in dependency order, a /sbin/modprobe shim and guest-init as /init.
 #
 # usage: mkinitramfs.sh KERNEL_VERSION OUT.cpio.gz
 set -euo pipefail
@@ -10,7 +10,7 @@ OUT=${2:?output initramfs path}
 HERE=$(cd "$(dirname "$0")" && pwd)
 # Modules the guest init loads itself (everything else is loaded on demand by the
 # shim below, which runs the host's modprobe inside the host root).
-WANT="virtio_pci virtio_blk virtio_rng 9pnet_virtio 9p overlay"
+WANT="virtio_pci virtio_blk virtio_rng 9pnet_virtio 9p overlay ext4"
 
 BUSYBOX=${VM_BUSYBOX:-/bin/busybox}
 if ! "$BUSYBOX" --list >/dev/null 2>&1 || ldd "$BUSYBOX" >/dev/null 2>&1; then

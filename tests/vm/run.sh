@@ -7,6 +7,8 @@
 # exit:  pytest's status; 124 the VM timed out; 255 the VM died / broken setup.
 # env:   VM_RESULTS_DIR  where junit-cgroup2.xml and console.log go (default tests/vm/out)
 #        VM_PYTHON       python to run pytest with (default <repo>/.venv/bin/python)
+#        VM_FAST_DIRS    default: that python's installation prefix and venv (as
+#                        ext4 images); set it empty to read them over 9p
 #        VM_TIMEOUT (1500 s), VM_ACCEL, VM_CPUS, VM_MEM, ...: see vm-exec.sh
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +31,17 @@ for p in "$REPO" "$(readlink -f "$PY")"; do
             ;;
     esac
 done
+
+# The interpreter's installation and the venv go in as cached ext4 images
+# (vm-exec.sh VM_FAST_DIRS): 5-6x faster imports than over 9p. Not /usr (a
+# Debian python): that would image the whole system.
+if [ -z "${VM_FAST_DIRS+set}" ]; then
+    VM_FAST_DIRS=""
+    while read -r prefix; do
+        case "$prefix" in /usr | /usr/local | /) ;; *) VM_FAST_DIRS+="$prefix:" ;; esac
+    done < <("$PY" -c 'import sys; print(sys.base_prefix); print(sys.prefix)' | sort -u)
+fi
+export VM_FAST_DIRS
 
 mkdir -p "$RESULTS"
 RESULTS=$(cd "$RESULTS" && pwd)

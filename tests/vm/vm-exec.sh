@@ -23,6 +23,8 @@
 #        VM_DISK_SIZE   size of the scratch image (default 256M)
 #        VM_SHARE       host dir shared read-write at /run/vm-share (default: a temp
 #                       dir, removed afterwards)
+#        VM_FAST_DIRS   ":"-separated host dirs to ship as cached read-only ext4
+#                       images mounted over the same paths (much faster than 9p)
 #        VM_CWD         guest working directory (default: the caller's, if visible)
 #        VM_CONSOLE_LOG also write the serial console to this file
 #        VM_SUBTREE     all (default: root cgroup.subtree_control enables every
@@ -147,6 +149,43 @@ if [ "$DISK" != none ]; then
         -device virtio-blk-pci,drive=scratch,serial=scratch)
 fi
 
+# VM_FAST_DIRS: 9p costs ~1-4 ms per file operation under TCG (importing pytest
+# over it takes ~12 s, from an ext4 image ~2 s), so big read-only trees such as
+# the Python installation and the venv go in as cached ext4 images, rebuilt when
+# anything below the dir is newer than the image.
+FAST_OPTS=()
+: >"$SHARE/fastdirs"
+IFS=: read -r -a fast_dirs <<<"${VM_FAST_DIRS:-}"
+n=0
+for d in "${fast_dirs[@]}"; do
+    [ -n "$d" ] || continue
+    [ -d "$d" ] || die "VM_FAST_DIRS: $d is not a directory"
+    d=$(cd "$d" && pwd -P)
+    case "$d" in / | /usr | /etc | /proc | /proc/* | /sys | /sys/* | /dev | /dev/* | /run | /run/*)
+        die "VM_FAST_DIRS: $d cannot be an image" ;;
+    esac
+    img=$CACHE/fast-$(printf '%s' "$d" | md5sum | cut -c1-16).ext4
+    {
+        flock 9
+        if [ ! -s "$img" ] || [ -n "$(find "$d" -newer "$img" -print -quit 2>/dev/null)" ]; then
+            t0=$SECONDS
+            files=$(find "$d" -xdev | wc -l)
+            kib=$(du -sk --apparent-size "$d" | cut -f1)
+            rm -f "$img" "$img.tmp"
+            mke2fs -q -t ext4 -O ^has_journal,^resize_inode -m 0 -N $((files + files / 4 + 1024)) \
+                -E root_owner=0:0 -L nsvisor-fast -d "$d" "$img.tmp" \
+                "$((kib + kib / 4 + files * 4 + 65536))k" >&2 ||
+                die "mke2fs failed for $d"
+            mv -f "$img.tmp" "$img"
+            log "image of $d built in $((SECONDS - t0)) s ($(du -sh "$img" | cut -f1))"
+        fi
+    } 9>"$CACHE/.lock"
+    FAST_OPTS+=(-drive "file=$img,if=none,id=fast$n,format=raw,readonly=on"
+        -device "virtio-blk-pci,drive=fast$n,serial=fast$n")
+    printf 'fast%s %s\n' "$n" "$d" >>"$SHARE/fastdirs"
+    n=$((n + 1))
+done
+
 q() { # POSIX-sh single-quote one word
     local s=${1//\'/\'\\\'\'}
     printf "'%s' " "$s"
@@ -181,7 +220,7 @@ timeout --foreground -k 10 "$TIMEOUT" \
     -fsdev "local,id=share,path=$SHARE,security_model=none,multidevs=remap" \
     -device virtio-9p-pci,fsdev=share,mount_tag=share \
     -device virtio-rng-pci \
-    "${DISK_OPTS[@]}" </dev/null &
+    "${DISK_OPTS[@]}" "${FAST_OPTS[@]}" </dev/null &
 QPID=$!
 qrc=0
 wait "$QPID" || qrc=$?
