@@ -132,10 +132,15 @@ class ContainerManager:
 
     def _set_state(self, c: Container, event: Any) -> None:
         c.state = transition(c.name, c.state, event)
-        old, c.changed = c.changed, trio.Event()
-        old.set()
+        self._notify(c)
         self._persist(c)
         self._publish_views()
+
+    @staticmethod
+    def _notify(c: Container) -> None:
+        """Wake everyone waiting for a change of this container."""
+        old, c.changed = c.changed, trio.Event()
+        old.set()
 
     def _publish_views(self) -> None:
         """Replace the exporter's immutable snapshot in one assignment."""
@@ -338,6 +343,7 @@ class ContainerManager:
                     break
         finally:
             c.supervised = False
+            self._notify(c)
         if c.spec.auto_remove and c.state == "exited" and c.name in self.containers:
             with trio.CancelScope(shield=True):
                 await self.remove(c.name)
@@ -435,6 +441,8 @@ class ContainerManager:
 
     async def kill_and_wait(self, c: Container) -> None:
         c.stopped_by_user = True
+        while c.state == "starting":
+            await c.changed.wait()
         if c.state == "restarting" and c.backoff_scope is not None:
             c.backoff_scope.cancel()
             self._set_state(c, "stop")

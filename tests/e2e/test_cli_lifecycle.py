@@ -109,7 +109,7 @@ def test_stop_escalates_to_killing_the_whole_cgroup(running_daemon: Daemon) -> N
 def test_logs_follow_and_tail(running_daemon: Daemon) -> None:
     d = running_daemon
     d.cli("run", "-d", "--name", "ticker", d.rootfs, "--", "sh", "-c",
-          "for i in 1 2 3 4 5; do echo line$i; done; read x")  # fmt: skip
+          "for i in 1 2 3 4 5; do echo line$i; done; exec sleep 1000")  # fmt: skip
     d.wait_for("ticker", lambda i: i["state"] == "running")
     assert d.cli("logs", "--tail", "2", "ticker").stdout == "line4\nline5\n"
     follower = d.popen("logs", "-f", "ticker")
