@@ -70,11 +70,15 @@ class _Events:
         self.workload_pid: int | None = None
         self.started_at = 0.0
         self.error: str | None = None
+        self.final = False
 
     @property
     def done(self) -> bool:
-        if self.error is not None and self.pid is None:
-            return True  # the intermediate failed: no monitor will report
+        if self.error is not None and self.final:
+            # The zygote or the intermediate failed: no monitor will report.
+            # (A monitor's own error may arrive before the intermediate's
+            # monitor event: that one is not final.)
+            return True
         return self.pid is not None and (self.workload_pid is not None or self.error is not None)
 
     def feed(self, data: bytes, fds: list[int]) -> None:
@@ -96,6 +100,7 @@ class _Events:
             self.started_at = float(event.get("started_at", time.time()))
         elif kind == "error":
             self.error = str(event["message"])
+            self.final = bool(event.get("final", False))
         for fd in fds:
             os.close(fd)
 
@@ -154,7 +159,7 @@ def _intermediate(spec_json: bytes, sock_fd: int) -> NoReturn:
             _send(sock, {"event": "monitor", "pid": pid}, [pidfd])
             code = 0
         except BaseException as e:
-            _send(sock, {"event": "error", "message": f"starting the monitor: {e}"})
+            _send(sock, {"event": "error", "message": f"starting the monitor: {e}", "final": True})
     finally:
         os._exit(code)
 
@@ -235,7 +240,7 @@ def _zygote_main(ctl: socket.socket, daemon_pid: int) -> NoReturn:
             except OSError as e:
                 _send(
                     socket.socket(fileno=os.dup(fds[0])),
-                    {"event": "error", "message": f"zygote fork: {e}"},
+                    {"event": "error", "message": f"zygote fork: {e}", "final": True},
                 )
                 pid = 0
             finally:
