@@ -182,7 +182,7 @@ class Daemon:
         api = Api(self.manager, self.events)
         try:
             async with trio.open_nursery() as n:
-                await n.start(serve, api, config)  # type: ignore[arg-type]
+                await n.start(serve, api, config)
                 task_status.started()
         finally:
             if os.path.exists(path):
@@ -222,6 +222,6 @@ def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> 
     finally:
         zygote.close()
         os.close(lock_fd)
-    for exc in errors:
-        print(f"nsvisor: {exc}", file=sys.stderr)
+    for err in errors:
+        print(f"nsvisor: {err}", file=sys.stderr)
     return 1 if errors else 0
