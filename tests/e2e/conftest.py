@@ -186,14 +186,20 @@ class Daemon:
                 self.proc.wait()
 
     def cleanup(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            r = self.cli("ps", "-a", "--format", "json", check=False)
-            if r.returncode == 0:
-                names = [c["name"] for c in json.loads(r.stdout)]
-                if names:
-                    self.cli("rm", "-f", *names, check=False)
-        self.stop_daemon()
-        remove_cgroup_tree(self.cgroup_parent)
+        """Remove every container, stop the daemon, remove the cgroup tree:
+        each step runs even if the one before failed."""
+        try:
+            if self.proc and self.proc.poll() is None:
+                r = self.cli("ps", "-a", "--format", "json", check=False, timeout=60)
+                if r.returncode == 0:
+                    names = [c["name"] for c in json.loads(r.stdout)]
+                    if names:
+                        self.cli("rm", "-f", *names, check=False, timeout=60)
+        finally:
+            try:
+                self.stop_daemon()
+            finally:
+                remove_cgroup_tree(self.cgroup_parent)
 
 
 @pytest.fixture
