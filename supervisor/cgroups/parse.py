@@ -62,6 +62,11 @@ def parse_procs(text: str) -> list[int]:
     return [int(line) for line in text.split()]
 
 
+def parse_count(text: str) -> int:
+    """Number of entries in cgroup.procs / cgroup.threads (one id a line)."""
+    return len(text.split())
+
+
 def parse_cpu_max(text: str) -> tuple[int | None, int]:
     """v2 cpu.max: "QUOTA PERIOD" or "max PERIOD" -> (quota or None, period)."""
     quota, period = text.split()

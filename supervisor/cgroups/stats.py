@@ -53,8 +53,20 @@ class Stats:
     memory_failcnt: int | None = None
     """v1 only."""
     memory_events: dict[str, int] | None = None
+    # page faults (cAdvisor's container_memory_failures_total): "container"
+    # scope counts this cgroup only, "hierarchy" includes child cgroups. v1 has
+    # both (pgfault / total_pgfault); v2's memory.stat is hierarchical only, so
+    # both scopes carry the same number there, as cAdvisor does.
+    memory_pgfault: int | None = None
+    memory_pgmajfault: int | None = None
+    memory_pgfault_hierarchy: int | None = None
+    memory_pgmajfault_hierarchy: int | None = None
     # pids
+    processes: int | None = None
+    """Length of the cgroup's own cgroup.procs (processes, not threads;
+    cAdvisor's container_processes counts the same file, not recursively)."""
     pids_current: int | None = None
+    """pids.current counts tasks, i.e. threads (container_threads)."""
     pids_max: int | None = None
     """None also when unlimited."""
     # io and pressure

@@ -416,6 +416,13 @@ class V1Manager:
             memory_inactive_file=mem.get("total_inactive_file"),
             memory_failcnt=failcnt,
             memory_events=events,
+            memory_pgfault=mem.get("pgfault"),
+            memory_pgmajfault=mem.get("pgmajfault"),
+            memory_pgfault_hierarchy=mem.get("total_pgfault"),
+            memory_pgmajfault_hierarchy=mem.get("total_pgmajfault"),
+            # Every hierarchy has the same members; pids is where the thread
+            # count comes from too.
+            processes=r.read(_j(pids or memory, "cgroup.procs"), parse.parse_count),
             pids_current=r.read(_j(pids, "pids.current"), parse.parse_int),
             pids_max=r.read(_j(pids, "pids.max"), parse.parse_limit),
             io=io,

@@ -294,6 +294,12 @@ class V2Manager:
             memory_inactive_file=mem.get("inactive_file"),
             memory_failcnt=None,  # v1 only
             memory_events=r.read(_j(d, "memory.events"), parse.parse_keyed),
+            # memory.stat is hierarchical on v2: one number for both scopes.
+            memory_pgfault=mem.get("pgfault"),
+            memory_pgmajfault=mem.get("pgmajfault"),
+            memory_pgfault_hierarchy=mem.get("pgfault"),
+            memory_pgmajfault_hierarchy=mem.get("pgmajfault"),
+            processes=r.read(_j(d, "cgroup.procs"), parse.parse_count),
             pids_current=r.read(_j(d, "pids.current"), parse.parse_int),
             pids_max=r.read(_j(d, "pids.max"), parse.parse_limit),
             io=r.read(_j(d, "io.stat"), parse.parse_io_stat),

@@ -221,6 +221,10 @@ def test_v2_stats_from_the_fixture_tree() -> None:
         "oom_group_kill": 0,
     }
     assert (s.pids_current, s.pids_max) == (2, 100)
+    assert s.processes == 1  # cgroup.procs; pids.current counts threads
+    # memory.stat is hierarchical on v2: both scopes carry one number
+    assert (s.memory_pgfault, s.memory_pgmajfault) == (2108, 16)
+    assert (s.memory_pgfault_hierarchy, s.memory_pgmajfault_hierarchy) == (2108, 16)
     assert s.io == [IoDevice(254, 0, 4194304, 8388608, 4, 8)]
     assert s.pressure is not None
     assert set(s.pressure) == {"cpu", "memory", "io"}
@@ -248,6 +252,9 @@ def test_hybrid_stats_from_the_fixture_tree() -> None:
     assert s.memory_failcnt == 37
     assert s.memory_events == {"oom_kill": 1, "max": 37}
     assert (s.pids_current, s.pids_max) == (1, 100)
+    assert s.processes == 1
+    assert (s.memory_pgfault, s.memory_pgmajfault) == (20145, 0)  # pgfault, pgmajfault
+    assert (s.memory_pgfault_hierarchy, s.memory_pgmajfault_hierarchy) == (20145, 0)  # total_*
     assert s.io == [IoDevice(253, 0, 0, 4096, 0, 1), IoDevice(254, 0, 4194304, 8388608, 4, 8)]
     assert s.pressure == {
         "cpu": Pressure(190685, 188060),
