@@ -47,13 +47,24 @@ mkdir -p "$RESULTS"
 RESULTS=$(cd "$RESULTS" && pwd)
 rm -f "$RESULTS/$JUNIT" "$RESULTS/console.log"
 SHARE=$(mktemp -d "${TMPDIR:-/tmp}/nsvisor-vm-share.XXXXXX")
-trap 'rm -rf "$SHARE"' EXIT
+VM=""
+# shellcheck disable=SC2317 # called from traps
+stop_vm() {
+    [ -z "$VM" ] || kill -TERM "$VM" 2>/dev/null || true # vm-exec.sh stops qemu
+    [ -z "$VM" ] || wait "$VM" 2>/dev/null || true
+}
+trap 'stop_vm; rm -rf "$SHARE"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-rc=0
 VM_SHARE=$SHARE VM_CWD=$REPO VM_CONSOLE_LOG=$RESULTS/console.log \
     "$HERE/vm-exec.sh" env PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     "$PY" -m pytest -p no:cacheprovider -ra -m "cgroups or cgroup2" \
-    --basetemp=/tmp/nsvisor-vm-pytest --junitxml="$GUEST_SHARE/$JUNIT" "$@" || rc=$?
+    --basetemp=/tmp/nsvisor-vm-pytest --junitxml="$GUEST_SHARE/$JUNIT" "$@" &
+VM=$!
+rc=0
+wait "$VM" || rc=$?
+VM=""
 
 if [ -s "$SHARE/$JUNIT" ]; then
     cp "$SHARE/$JUNIT" "$RESULTS/$JUNIT"

@@ -126,7 +126,10 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/nsvisor-vm.XXXXXX")
 QPID=""
 # shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
-    [ -z "$QPID" ] || kill -TERM "$QPID" 2>/dev/null || true
+    if [ -n "$QPID" ]; then
+        kill -TERM "$QPID" 2>/dev/null || true # timeout(1) passes it on to qemu
+        wait "$QPID" 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -171,7 +174,7 @@ for d in "${fast_dirs[@]}"; do
             t0=$SECONDS
             files=$(find "$d" -xdev | wc -l)
             kib=$(du -sk --apparent-size "$d" | cut -f1)
-            rm -f "$img" "$img.tmp"
+            rm -f "$img.tmp" # (a run still using the old image keeps its inode)
             mke2fs -q -t ext4 -O ^has_journal,^resize_inode -m 0 -N $((files + files / 4 + 1024)) \
                 -E root_owner=0:0 -L nsvisor-fast -d "$d" "$img.tmp" \
                 "$((kib + kib / 4 + files * 4 + 65536))k" >&2 ||
