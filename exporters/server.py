@@ -30,7 +30,14 @@ async def serve_metrics(
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    registry.register(ContainerCollector(manager.cgroups, lambda: manager.views))
+    registry.register(
+        ContainerCollector(
+            manager.cgroups,
+            lambda: manager.views,
+            memory_events=manager.memwatch.store.snapshot,
+        )
+    )
+    registry.register(manager.start_durations)
     host, port = parse_addr(addr)
     server, thread = start_http_server(port, addr=host, registry=registry)
     try:

@@ -20,3 +20,23 @@ class ContainerView:
     exit_code: int | None
     started_at: float | None
     backoff_s: float | None
+    workload_pid: int | None = None
+    """Host pid of the workload while running: /proc/PID/net/dev is its
+    network namespace's interface table."""
+    health: str | None = None
+    """"healthy" / "unhealthy" / "starting"; None without a health check."""
+
+
+@dataclass(frozen=True)
+class MemoryEventsView:
+    """The daemon's last known memory-event counters of one container's
+    cgroup (supervisor.daemon.memwatch), kept after the container stops and,
+    for a while, after it is removed."""
+
+    name: str
+    cgroup_path: str
+    image: str
+    events: tuple[tuple[str, int], ...]
+    """(counter, value) pairs: v2 low/high/max/oom/oom_kill/oom_group_kill;
+    v1 max/oom_kill (only what the layout really counts)."""
+    removed: bool = False

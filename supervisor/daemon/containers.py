@@ -24,11 +24,13 @@ from typing import Any
 import structlog
 import trio
 
+from exporters.startdur import StartDurations
 from exporters.view import ContainerView
 from supervisor.cgroups import CgroupManager
 from supervisor.config import ContainerSpec, validate_container
 from supervisor.daemon import translate
 from supervisor.daemon.events import EventBus
+from supervisor.daemon.memwatch import MemoryWatch
 from supervisor.daemon.reaper import Reaper
 from supervisor.daemon.statefile import read_json, write_json
 from supervisor.errors import ConfigError, NotFoundError, Problem, StateError
@@ -120,6 +122,9 @@ class ContainerManager:
         self.host_cpus = host_cpus or os.cpu_count() or 1
         self.containers: dict[str, Container] = {}
         self.views: tuple[ContainerView, ...] = ()
+        # Exporter hooks: read by the metrics thread, written here.
+        self.start_durations = StartDurations()
+        self.memwatch = MemoryWatch(cgroups, events)
         self._nursery: trio.Nursery | None = None
 
     # ---- lookup -------------------------------------------------------------
@@ -155,6 +160,10 @@ class ContainerManager:
                 exit_code=c.exit_code,
                 started_at=c.started_at,
                 backoff_s=c.last_delay_s,
+                workload_pid=(
+                    c.run.workload_pid if c.run and c.state in ("running", "stopping") else None
+                ),
+                health=getattr(c, "health", None),  # set by health checks, when configured
             )
             for c in self.containers.values()
         )
@@ -228,6 +237,7 @@ class ContainerManager:
             await self.kill_and_wait(c)
         self._set_state(c, "remove")
         await trio.to_thread.run_sync(self.cgroups.remove, c.name)
+        self.memwatch.retire(c.name)
         shutil.rmtree(c.dir, ignore_errors=True)
         del self.containers[name]
         self._publish_views()
@@ -283,6 +293,7 @@ class ContainerManager:
         )
         c.run = run
         c.started_at = run.started_at
+        self.start_durations.observe(time.monotonic() - t0)
         self._set_state(c, "started")
         self.events.publish(
             "start",
@@ -349,7 +360,10 @@ class ContainerManager:
                 await self.remove(c.name)
 
     async def _wait_exit(self, c: Container, run: Run) -> None:
-        await trio.lowlevel.wait_readable(run.pidfd)
+        # Memory-limit hits and OOM kills are published while the run lasts
+        # (the "oom" event comes from there, before "die").
+        async with self.memwatch.watching(c.name, c.spec.rootfs):
+            await trio.lowlevel.wait_readable(run.pidfd)
         status = self.reaper.collect(run.pid)
         os.close(run.pidfd)
         try:
@@ -373,8 +387,8 @@ class ContainerManager:
         self._set_state(c, "exit")
         run.done.set()
         self.events.publish("die", c.name, exit_code=code, oom_killed=oom)
-        if oom:
-            self.events.publish("oom", c.name)
+        if oom and self.cgroups.oom_kill_file(c.name) is None:
+            self.events.publish("oom", c.name)  # no memwatch without a memory controller
 
     # ---- stop / kill --------------------------------------------------------
 
@@ -487,6 +501,8 @@ class ContainerManager:
                 "error": c.error,
                 "cgroup": self.cgroups.path(c.name),
                 "cgroup_layout": self.cgroups.layout,
+                "memory_events": self.memwatch.counts(c.name),
+                "oom_kills": self.memwatch.counts(c.name).get("oom_kill"),
                 "log_path": c.log_path,
                 "from_config": c.from_config,
             }
