@@ -301,6 +301,7 @@ class ContainerManager:
             pid=run.pid,
             restart_count=c.restart_count,
             start_duration_s=round(time.monotonic() - t0, 6),
+            started_at=run.started_at,  # the monitor's clock at exec (bench: restart latency)
         )
         return run
 
@@ -386,7 +387,7 @@ class ContainerManager:
             pass
         self._set_state(c, "exit")
         run.done.set()
-        self.events.publish("die", c.name, exit_code=code, oom_killed=oom)
+        self.events.publish("die", c.name, exit_code=code, oom_killed=oom, finished_at=finished)
         if oom and self.cgroups.oom_kill_file(c.name) is None:
             self.events.publish("oom", c.name)  # no memwatch without a memory controller
 

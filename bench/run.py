@@ -1,0 +1,497 @@
+"""`python -m bench [--quick]`: nsvisor side by side with runc, crun,
+unshare and fork+exec, in one table (issue 7).
+
+1. start latency of /bin/true to exit observed, on one busybox rootfs:
+   nsvisor CLI `run --rm`, the control API alone, runc, crun, unshare with
+   the same namespaces, plain fork+exec; contenders interleaved run by run
+   (the order rotates every round) and ratios taken pair by pair.
+2. restart latency, policy always with a zero-like backoff: the monitor's
+   exit file finished_at to the next workload's exec (started_at), both from
+   the daemon's event stream; also the whole exec-to-exec cycle.
+3. mass start: N containers created concurrently through the API until all
+   are running.
+4. memory: PSS of every monitor plus the daemon's RSS growth per container.
+5. scrape cost at several sizes: /metrics latency, daemon CPU per scrape,
+   exposition size; and item 2 again while scrapes run back to back.
+
+Everything the benchmark creates (temp dir, rootfs, bundles, daemon,
+containers, cgroups under nsvisor-bench-PID) is removed at the end, also on
+failure or Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench.nsd import Daemon, monitor_pids
+from bench.oci import HiddenUnified, run_argv, write_bundle
+from bench.proc import (
+    BENCH_PREFIX,
+    BenchError,
+    cpu_seconds,
+    pss_kib,
+    remove_cgroup_tree,
+    rss_kib,
+    time_fork_exec,
+    time_spawn,
+    which,
+)
+from bench.stats import Row, Target, pairwise_ratios, row, table
+
+MS = 1000.0
+MIB = 1024.0  # KiB per MiB
+
+
+@dataclass(frozen=True)
+class Plan:
+    start_runs: int
+    warmup: int
+    restarts: int
+    mass_n: int
+    mass_reps: int
+    memory_sizes: tuple[int, ...]
+    scrape_sizes: tuple[int, ...]
+    scrapes: int
+
+    @property
+    def largest(self) -> int:
+        return max((self.mass_n, *self.memory_sizes, *self.scrape_sizes))
+
+
+FULL = Plan(
+    start_runs=30,
+    warmup=3,
+    restarts=100,
+    mass_n=200,
+    mass_reps=3,
+    memory_sizes=(1, 50, 200),
+    scrape_sizes=(10, 100, 500),
+    scrapes=20,
+)
+QUICK = Plan(
+    start_runs=3,
+    warmup=1,
+    restarts=15,
+    mass_n=20,
+    mass_reps=1,
+    memory_sizes=(1, 5, 20),
+    scrape_sizes=(5, 10, 20),
+    scrapes=5,
+)
+
+
+@dataclass
+class Bench:
+    plan: Plan
+    tmp: Path
+    tag: str
+    rootfs: str = ""
+    daemon: Daemon | None = None
+    crun: HiddenUnified | None = None
+    oci_state: dict[str, Path] = field(default_factory=dict)
+    rows: list[Row | str] = field(default_factory=list)
+    log: Callable[[str], None] = print
+
+    @property
+    def d(self) -> Daemon:
+        assert self.daemon is not None
+        return self.daemon
+
+    # ---- set-up -----------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.rootfs = str(self.tmp / "rootfs")
+        subprocess.run(
+            [sys.executable, "-m", "supervisor", "rootfs", "busybox", self.rootfs],
+            check=True,
+            capture_output=True,
+        )
+        self.daemon = Daemon(self.tmp, self.tag)
+        self.d.start()
+        self.log(f"daemon pid {self.d.pid}, cgroup parent {self.tag}, tmp {self.tmp}")
+
+    def sleeper(self, name: str) -> dict[str, Any]:
+        return {"name": name, "rootfs": self.rootfs, "command": ["/bin/sleep", "100000"]}
+
+    # ---- 1. start latency ---------------------------------------------------------
+
+    def start_latency(self) -> None:
+        nsvisor = Path(sys.executable).with_name("nsvisor")
+        cli = [str(nsvisor)] if nsvisor.exists() else [sys.executable, "-m", "supervisor"]
+        cli_argv = [*cli, "--socket", self.d.socket, "run", "--rm", self.rootfs, "--", "/bin/true"]
+        api_spec = {"rootfs": self.rootfs, "command": ["/bin/true"], "auto_remove": True}
+        true_path = os.path.join(self.rootfs, "bin", "true")
+        if os.path.islink(true_path):
+            true_path = os.path.join(self.rootfs, "bin", os.readlink(true_path))
+
+        def api() -> float:
+            t0 = time.perf_counter()
+            code = self.d.run_attached(api_spec)
+            elapsed = time.perf_counter() - t0
+            if code != 0:
+                raise BenchError(f"API run exited {code}")
+            return elapsed
+
+        contenders: dict[str, Callable[[int], float]] = {
+            "nsvisor CLI run --rm": lambda i: time_spawn(cli_argv),
+            "nsvisor API (attach)": lambda i: api(),
+        }
+        oci_parent = f"{self.tag}-oci"
+        for runtime in ("runc", "crun"):
+            if which(runtime) is None:
+                self.log(f"{runtime} not installed: skipped")
+                continue
+            state = self.tmp / f"{runtime}-state"
+            state.mkdir()
+            self.oci_state[runtime] = state
+            bundle = write_bundle(
+                self.tmp / f"{runtime}-bundle", self.rootfs, f"/{oci_parent}/{runtime}"
+            )
+            timer: Callable[[Sequence[str]], float] = time_spawn
+            if runtime == "crun":
+                self.crun = HiddenUnified()
+                timer = self.crun.time
+            contenders[f"{runtime} run"] = functools.partial(
+                _time_oci, timer, runtime, state, bundle
+            )
+        unshare = which("unshare")
+        if unshare:
+            argv = [unshare, "--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--cgroup",
+                    "--mount-proc", f"--root={self.rootfs}", "/bin/true"]  # fmt: skip
+            contenders["unshare (same namespaces)"] = lambda i: time_spawn(argv)
+        contenders["fork+exec"] = lambda i: time_fork_exec(true_path, ["true"])
+        contenders["python -c pass"] = lambda i: time_spawn([sys.executable, "-c", "pass"])
+        contenders["python -c 'import supervisor.cli'"] = lambda i: time_spawn(
+            [sys.executable, "-c", "import supervisor.cli"]
+        )
+
+        names = list(contenders)
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        total = self.plan.warmup + self.plan.start_runs
+        for i in range(total):
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                s = contenders[name](i)
+                if i >= self.plan.warmup:
+                    samples[name].append(s * MS)
+        self.rows.append("1. start latency, /bin/true to exit observed (busybox rootfs)")
+        for name in names:
+            self.rows.append(row(name, "ms", samples[name]))
+        pairs = [
+            ("nsvisor API (attach)", "crun run", Target("<=", 1.0)),
+            ("nsvisor API (attach)", "runc run", None),
+            ("nsvisor CLI run --rm", "runc run", Target("<=", 1.0)),
+            ("nsvisor CLI run --rm", "crun run", None),
+        ]
+        for ours, theirs, target in pairs:
+            if ours in samples and theirs in samples:
+                ratios = pairwise_ratios(samples[ours], samples[theirs])
+                label = f"ratio {ours.split(' (')[0]} / {theirs}"
+                self.rows.append(row(label, "x", ratios, target))
+
+    # ---- 2. restart latency ---------------------------------------------------------
+
+    def restart_latency(self, count: int, label: str, scrape: bool = False) -> None:
+        name = f"restart-{label.split()[0]}"
+        spec: dict[str, Any] = {
+            "name": name,
+            "rootfs": self.rootfs,
+            "command": ["/bin/true"],
+            "restart": "always",
+            # 0 is refused by the config ("must be more than 0"): 1 us is the
+            # closest it accepts; trio.sleep(1e-6) is one trip round the loop.
+            "backoff_initial": "0.000001",
+            "backoff_max": "0.000001",
+            "backoff_factor": 1,
+        }
+        stop = threading.Event()
+        scrapes: list[float] = []
+
+        def scraper() -> None:
+            while not stop.is_set():
+                scrapes.append(self.d.scrape()[0] * MS)
+
+        thread = threading.Thread(target=scraper, daemon=True) if scrape else None
+        events = self.d.events()
+        try:
+            if thread:
+                thread.start()
+            self.d.create_started(spec)
+            exit_to_exec, cycle = _restart_gaps(events, name, count)
+        finally:
+            stop.set()
+            with contextlib.suppress(Exception):
+                events.close()  # type: ignore[attr-defined]
+            if thread:
+                thread.join(timeout=120)
+            self.d.remove(name)
+        self.rows.append(
+            row(f"restart: exit file -> next exec{label[len(label.split()[0]) :]}", "ms",
+                exit_to_exec, Target("<", 20.0 if scrape else 10.0))
+        )  # fmt: skip
+        self.rows.append(row(f"restart: exec -> next exec, /bin/true{label[len(label.split()[0]):]}", "ms", cycle))  # fmt: skip
+        if scrape:
+            self.rows.append(row("  scrapes meanwhile (latency)", "ms", scrapes))
+
+    # ---- 3-5. growing the number of containers ------------------------------------
+
+    def scale(self) -> None:
+        p = self.plan
+        levels = sorted({*p.memory_sizes, *p.scrape_sizes, p.mass_n})
+        time.sleep(0.5)
+        base_rss = rss_kib(self.d.pid) or 0
+        zyg = self.d.zygote_pid()
+        self.rows.append("3. mass start (API, all concurrently, until all running)")
+        mass_at = len(self.rows)
+        mass: list[float] = []
+        mem_rows: list[Row | str] = ["4. memory per container (monitor PSS + daemon RSS growth)"]
+        mem_rows.append(row("daemon RSS, idle, before containers", "MiB", [base_rss / MIB]))
+        if zyg:
+            mem_rows.append(row("zygote PSS (fixed cost)", "MiB", [(pss_kib(zyg) or 0) / MIB]))
+        scrape_rows: list[Row | str] = ["5. scrape cost (GET /metrics, N running sleepers)"]
+        current = 0
+        for level in levels:
+            if level == p.mass_n:
+                if current:
+                    self.d.remove_all()
+                    base_rss = rss_kib(self.d.pid) or base_rss
+                    current = 0
+                mass.append(self._mass_start(level))
+            else:
+                self.d.start_many(
+                    [self.sleeper(f"s{i}") for i in range(current, level)], workers=32
+                )
+            current = level
+            self.log(f"{current} containers running")
+            if level in p.memory_sizes:
+                mem_rows += self._memory(level, base_rss)
+            if level in p.scrape_sizes:
+                scrape_rows += self._scrape(level)
+        self.restart_latency(p.restarts, f"scraping while {current} containers run", scrape=True)
+        restart_rows = self.rows[-3:]
+        del self.rows[-3:]
+        for _ in range(p.mass_reps - 1):
+            self.d.remove_all()
+            mass.append(self._mass_start(p.mass_n))
+        self.rows.insert(
+            mass_at,
+            row(f"{p.mass_n} containers started concurrently", "s", mass, Target("<", 10.0)),
+        )
+        self.rows += mem_rows
+        self.rows += scrape_rows
+        self.rows += restart_rows
+
+    def _mass_start(self, n: int) -> float:
+        specs = [self.sleeper(f"m{i}") for i in range(n)]
+        seconds = self.d.start_many(specs)
+        running = [c for c in self.d.containers(all_=False) if c["state"] == "running"]
+        if len(running) < n:
+            raise BenchError(f"mass start: only {len(running)} of {n} running")
+        self.log(f"mass start of {n}: {seconds:.2f} s")
+        return seconds
+
+    def _memory(self, n: int, base_rss_kib: int) -> list[Row | str]:
+        time.sleep(0.5)
+        pss = [v / MIB for v in (pss_kib(pid) for pid in monitor_pids(self.d)) if v is not None]
+        rss = rss_kib(self.d.pid) or 0
+        growth = (rss - base_rss_kib) / MIB / n
+        all_in = statistics.median(pss) + growth if pss else float("nan")
+        out: list[Row | str] = [
+            row(f"monitor PSS, N={n}", "MiB", pss),
+            row(f"daemon RSS growth per container, N={n}", "MiB", [growth]),
+            row(f"all-in per container, N={n}", "MiB", [all_in], Target("<=", 1.0)),
+        ]
+        if n == max(self.plan.memory_sizes):
+            target = Target("<", 60.0) if n >= 200 else None
+            out.append(row(f"daemon RSS with N={n}", "MiB", [rss / MIB], target))
+        return out
+
+    def _scrape(self, n: int) -> list[Row | str]:
+        self.d.scrape()  # first scrape warms caches (and imports)
+        cpu0 = cpu_seconds(self.d.pid)
+        lat: list[float] = []
+        size = 0
+        for _ in range(self.plan.scrapes):
+            s, size = self.d.scrape()
+            lat.append(s * MS)
+        cpu = (cpu_seconds(self.d.pid) - cpu0) / self.plan.scrapes * MS
+        target = Target("<", 100.0) if n >= 500 else None
+        return [
+            row(f"scrape latency, N={n}", "ms", lat, target),
+            row(f"daemon CPU per scrape, N={n}", "ms", [cpu]),
+            row(f"exposition size, N={n}", "KiB", [size / 1024]),
+        ]
+
+    # ---- clean-up -------------------------------------------------------------------
+
+    def cleanup(self) -> list[str]:
+        """Every step runs even if one before failed; returns what went wrong."""
+        problems: list[str] = []
+
+        def step(what: str, fn: Callable[[], object]) -> None:
+            try:
+                fn()
+            except BaseException as e:  # keep cleaning up
+                problems.append(f"{what}: {e!r}")
+
+        d = self.daemon
+        if d is not None and d.proc is not None and d.proc.poll() is None:
+            step("removing containers", d.remove_all)
+        if d is not None:
+            step("stopping the daemon", d.stop)
+        if self.crun is not None:
+            step("stopping the crun helper", self.crun.close)
+        for parent in (self.tag, f"{self.tag}-oci"):
+            left = remove_cgroup_tree(parent)
+            if left:
+                problems.append(f"cgroups left: {left}")
+        step("removing the temp dir", lambda: shutil.rmtree(self.tmp))
+        return problems
+
+
+def _time_oci(
+    timer: Callable[[Sequence[str]], float], runtime: str, state: Path, bundle: Path, i: int
+) -> float:
+    return timer(run_argv(runtime, state, bundle, f"nsb-{os.getpid()}-{runtime}{i}"))
+
+
+def _restart_gaps(events: Iterator[Any], name: str, count: int) -> tuple[list[float], list[float]]:
+    """From the event stream: (finished_at -> next started_at, started_at ->
+    next started_at) in ms, for `count` restarts."""
+    exit_to_exec: list[float] = []
+    cycle: list[float] = []
+    last_start: float | None = None
+    last_exit: float | None = None
+    for ev in events:
+        if not isinstance(ev, dict) or ev.get("name") != name:
+            continue
+        attrs: dict[str, Any] = ev.get("attributes") or {}
+        if ev.get("action") == "die":
+            last_exit = float(attrs.get("finished_at") or ev["time"])
+        elif ev.get("action") == "start":
+            started = float(attrs.get("started_at") or ev["time"])
+            if last_exit is not None:
+                exit_to_exec.append((started - last_exit) * MS)
+            if last_start is not None:
+                cycle.append((started - last_start) * MS)
+            last_start, last_exit = started, None
+            if len(cycle) >= count:
+                break
+    return exit_to_exec, cycle
+
+
+def machine() -> str:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    layout = "v2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "hybrid"
+    return (
+        f"{platform.node()}, {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, "
+        f"cgroups {layout}, Python {platform.python_version()}"
+    )
+
+
+def _versions() -> str:
+    out = []
+    for tool in ("runc", "crun"):
+        path = which(tool)
+        if path:
+            first = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+            out.append(first.splitlines()[0] if first else tool)
+    return "; ".join(out)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: few iterations, small N")
+    ap.add_argument("--runs", type=int, help="start-latency rounds (default 30, quick 3)")
+    ap.add_argument(
+        "--items", default="start,restart,scale", help="comma list of start,restart,scale"
+    )
+    ap.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
+    ap.add_argument("--tmpdir", default=None, help="where the temp dir goes (default $TMPDIR)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("python -m bench: needs root (namespaces, cgroups, mounts)", file=sys.stderr)
+        return 2
+    plan = QUICK if args.quick else FULL
+    if args.runs:
+        plan = Plan(**{**plan.__dict__, "start_runs": args.runs})
+    items = set(args.items.split(","))
+    signal.signal(signal.SIGTERM, _terminate)
+    tag = f"{BENCH_PREFIX}{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=args.tmpdir))
+    started = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+    b = Bench(plan, tmp, tag, log=log)
+    code = 0
+    try:
+        b.setup()
+        if "start" in items:
+            log("start latency")
+            b.start_latency()
+        if "restart" in items:
+            log("restart latency")
+            b.rows.append("2. restart latency (policy always, backoff 1 us; daemon idle)")
+            b.restart_latency(plan.restarts, "idle")
+        if "scale" in items:
+            log("mass start, memory, scrape")
+            b.scale()
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        code = 130
+    except BenchError as e:
+        log(f"failed: {e}")
+        code = 1
+    finally:
+        problems = b.cleanup()
+        for p in problems:
+            log(f"clean-up: {p}")
+        if problems and code == 0:
+            code = 1
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"nsvisor bench{' --quick' if args.quick else ''}, {now}")
+    print(machine())
+    print(_versions())
+    print(table(b.rows))
+    print(f"(wall time {time.monotonic() - started:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    r.__dict__ | {"target": str(r.target or "")} if isinstance(r, Row) else r
+                    for r in b.rows
+                ],
+                indent=1,
+            )
+        )
+    return code
