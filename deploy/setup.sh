@@ -5,7 +5,8 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PKGS=(busybox-static iproute2 util-linux procps
-      qemu-system-x86 qemu-system-data linux-image-amd64 cpio kmod)
+      qemu-system-x86 qemu-system-data linux-image-amd64 cpio kmod
+      prometheus prometheus-alertmanager)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
