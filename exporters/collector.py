@@ -131,10 +131,13 @@ SIMPLE: tuple[Spec, ...] = (
         "gauge",
         lambda s: s.memory_max_usage,
     ),
+    # A counter in cAdvisor, but without "_total": prometheus_client would
+    # append it, and promtool rejects a counter without it. Typed gauge, the
+    # name stays cAdvisor's so dashboards' rate(container_memory_failcnt[..]) work.
     Spec(
         "container_memory_failcnt",
         "Number of memory usage hits limits.",
-        "counter",
+        "gauge",
         lambda s: s.memory_failcnt,
     ),
     Spec(

@@ -47,8 +47,17 @@ def validate_name(name: str, what: str = "cgroup name") -> None:
 
 
 def read_text(path: str) -> str:
-    with open(path) as f:
-        return f.read()
+    # os.open/os.read instead of open(): no buffered reader and text wrapper
+    # per file, about half the cost; a scrape of 500 containers reads ~10^4
+    # files. Loop: seq_file may return a large file in several reads.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
 
 
 def write_text(path: str, value: str) -> None:
