@@ -68,7 +68,16 @@ _RUN_SCALARS: tuple[tuple[str, str], ...] = (
     ("backoff_max", "backoff_max"),
     ("backoff_factor", "backoff_factor"),
     ("backoff_reset", "backoff_reset"),
+    ("health_cmd", "health_cmd"),
+    ("health_interval", "health_interval"),
+    ("health_timeout", "health_timeout"),
+    ("health_retries", "health_retries"),
+    ("health_start_period", "health_start_period"),
+    ("on_unhealthy", "on_unhealthy"),
 )
+
+# Docker's --log-opt names for the json-file driver -> raw keys.
+_LOG_OPTS = {"max-size": "log_max_size", "max-file": "log_max_files"}
 _NUMERIC = {
     "cpus",
     "cpu_shares",
@@ -77,6 +86,8 @@ _NUMERIC = {
     "io_weight",
     "backoff_factor",
     "stop_timeout",
+    "health_retries",
+    "log_max_files",
 }
 
 
@@ -159,6 +170,14 @@ def run_raw(
     for attr in ("read_only", "auto_remove"):
         if getattr(args, attr):
             raw[attr] = True
+    for opt in getattr(args, "log_opt", None) or []:
+        key, sep, value = opt.partition("=")
+        if not sep or key not in _LOG_OPTS:
+            raise CliError(
+                f"nsvisor: --log-opt {opt!r}: use max-size=SIZE or max-file=N (json-file options)",
+                2,
+            )
+        raw[_LOG_OPTS[key]] = _number_or_text(value) if key == "max-file" else value
     return raw
 
 
@@ -221,6 +240,9 @@ def status_text(summary: Mapping[str, Any], now: float) -> str:
     code = "" if exit_code is None else f" ({exit_code})"
     if state in ("running", "stopping"):
         up = "Up" if started is None else f"Up {human_duration(max(0.0, now - started))}"
+        health = summary.get("health")
+        if state == "running" and health:
+            up += " (health: starting)" if health == "starting" else f" ({health})"
         return up + (" (stopping)" if state == "stopping" else "")
     if state == "restarting":
         ago = "" if finished is None else f" {human_duration(max(0.0, now - finished))} ago"
@@ -425,6 +447,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
     query: dict[str, Any] = {"follow": "1" if args.follow else "0"}
     if args.tail is not None and args.tail != "all":
         query["tail"] = args.tail
+    if args.since:
+        since = since_epoch(args.since, time.time())
+        if since is None:
+            raise CliError(
+                f"nsvisor: --since {args.since!r}: use a time (2026-01-02T15:04:05Z, a Unix "
+                "timestamp) or a duration before now (10m, 1h30m)",
+                2,
+            )
+        query["since"] = f"{since:.9f}"
     try:
         for record in _client(args).stream("GET", _container_path(args.name, "logs", **query)):
             if not isinstance(record, dict) or "log" not in record:
@@ -441,6 +472,83 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return code
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def since_epoch(text: str, now: float) -> float | None:
+    """--since: RFC 3339 / ISO time, Unix timestamp, or a duration back from
+    now ("10m", "1h30m"), as Docker takes it. Pure."""
+    t = _epoch(text)
+    if t is not None:
+        return t
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from supervisor.units import parse_duration
+
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        return None
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from supervisor.execclient import ExecFailed, run_exec
+
+    command = list(args.command or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CliError("nsvisor: exec needs a command: nsvisor exec NAME -- CMD [ARG...]", 2)
+    env: list[str] = []
+    for item in args.env or []:
+        if "=" in item:
+            env.append(item)
+        elif item in os.environ:
+            env.append(f"{item}={os.environ[item]}")
+    request = {
+        "cmd": command,
+        "env": env,
+        "user": args.user,
+        "workdir": args.workdir,
+        "tty": bool(args.tty),
+        "interactive": bool(args.interactive),
+    }
+    try:
+        return run_exec(
+            args.socket, args.name, request, interactive=bool(args.interactive), tty=bool(args.tty)
+        )
+    except ExecFailed as exc:
+        if exc.code == 1 and "no such container" in str(exc):
+            _err(f"nsvisor: no such container: {args.name}\n")
+        else:
+            _err(f"nsvisor: {exc}\n")
+        for p in exc.problems:
+            _err(f"  {option_for(str(p.get('field', '')))}: {p.get('message', '')}\n")
+        return exc.code
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        from supervisor.client import DaemonUnreachable
+
+        raise DaemonUnreachable(args.socket) from exc
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from supervisor.client import ApiError
+
+    try:
+        _, plan = _client(args).request("POST", "/v1/reload")
+    except ApiError as exc:
+        if exc.status != 400:
+            raise
+        _err("nsvisor: reload rejected, nothing changed:\n")
+        for p in exc.problems:
+            _err(f"{p.get('text') or p.get('field', '') + ': ' + p.get('message', '')}\n")
+        return 2
+    if isinstance(plan, dict):
+        for key in ("added", "removed", "changed", "unchanged"):
+            names = plan.get(key) or []
+            _out(f"{key}: {', '.join(names) if names else '-'}\n")
     return 0
 
 
@@ -567,6 +675,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     a("--backoff-max", help="longest restart delay (default 60s)")
     a("--backoff-factor", help="delay multiplier per restart (default 2)")
     a("--backoff-reset", help="a run this long resets the delay (default 10s)")
+    a("--health-cmd", help="command run inside the container to check its health (sh -c)")
+    a("--health-interval", help="time between health checks (default 30s)")
+    a("--health-timeout", help="a check running longer fails (default 30s)")
+    a("--health-retries", help="failures in a row that make it unhealthy (default 3)")
+    a("--health-start-period", help="failures in this time after the start do not count (0s)")
+    a("--on-unhealthy", help="restart (through the restart policy) or none (default)")
+    a(
+        "--log-opt",
+        action="append",
+        metavar="K=V",
+        help="json-file log option: max-size=10m, max-file=3 (repeatable)",
+    )
     a("rootfs", metavar="ROOTFS", help="the container's root filesystem directory")
     a("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
 
@@ -600,7 +720,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     p.add_argument("--tail", metavar="N", help="only the last N lines (default: all)")
     p.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
+    p.add_argument(
+        "--since", metavar="TIME", help="only lines since TIME (2026-01-02T15:04:05Z, 10m, 1h)"
+    )
     p.add_argument("name", metavar="NAME")
+
+    p = add("exec", cmd_exec, "run a command in a running container")
+    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the command")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("-e", "--env", action="append", metavar="K=V", help="set a variable")
+    p.add_argument("-u", "--user", help="UID[:GID] or name[:group] (default: the container's)")
+    p.add_argument("-w", "--workdir", help="working directory (default: the container's)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    add("reload", cmd_reload, "re-read the daemon's config file (as SIGHUP)")
 
     p = add("inspect", cmd_inspect, "print containers' details as JSON")
     p.add_argument("names", nargs="+", metavar="NAME")

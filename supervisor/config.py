@@ -73,6 +73,14 @@ RAW_KEYS: tuple[str, ...] = (
     "cap_add",
     "cap_drop",
     "auto_remove",
+    "health_cmd",
+    "health_interval",
+    "health_timeout",
+    "health_retries",
+    "health_start_period",
+    "on_unhealthy",
+    "log_max_size",
+    "log_max_files",
 )
 
 # Keys people bring from Docker / compose that difflib would not map well.
@@ -90,6 +98,10 @@ _KEY_HINTS: dict[str, str] = {
     "cpu_quota": "did you mean cpus? (cpus = 1.5 sets the CFS quota)",
     "rm": "did you mean auto_remove?",
     "privileged": 'not supported; grant capabilities with cap_add = ["ALL"] if you must',
+    "healthcheck": "write the health check as health_cmd, health_interval, health_timeout, health_retries, health_start_period",
+    "max_size": "did you mean log_max_size? (Docker's max-size log option)",
+    "max_file": "did you mean log_max_files? (Docker's max-file log option)",
+    "log_max_file": "did you mean log_max_files?",
 }
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -134,6 +146,18 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """Docker's HEALTHCHECK with its defaults, plus what to do when unhealthy."""
+
+    command: tuple[str, ...]  # argv; a string in the config runs as ["sh", "-c", STR]
+    interval_s: float = 30.0
+    timeout_s: float = 30.0
+    retries: int = 3
+    start_period_s: float = 0.0
+    on_unhealthy: Literal["restart", "none"] = "none"
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """One container, validated and normalised, whatever its source."""
 
@@ -173,6 +197,9 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ()
     capabilities: frozenset[str] = frozenset()  # the final set (effective_caps)
     auto_remove: bool = False
+    health: HealthCheck | None = None
+    log_max_size_bytes: int | None = None  # None = no rotation (Docker's default)
+    log_max_files: int = 1  # files kept, the current one included (Docker's max-file)
 
     @property
     def memory_swap_bytes(self) -> int | None:
@@ -235,6 +262,17 @@ class ContainerSpec:
         raw["cap_add"] = list(self.cap_add)
         raw["cap_drop"] = list(self.cap_drop)
         raw["auto_remove"] = self.auto_remove
+        if self.health is not None:
+            h = self.health
+            raw["health_cmd"] = list(h.command)
+            raw["health_interval"] = h.interval_s
+            raw["health_timeout"] = h.timeout_s
+            raw["health_retries"] = h.retries
+            raw["health_start_period"] = h.start_period_s
+            raw["on_unhealthy"] = h.on_unhealthy
+        if self.log_max_size_bytes is not None:
+            raw["log_max_size"] = self.log_max_size_bytes
+            raw["log_max_files"] = self.log_max_files
         return raw
 
 
@@ -875,6 +913,19 @@ def validate_container(
             f"conflicts with restart {_q(str(restart))}; a removed container cannot be restarted, drop one of them",
         )
 
+    health = _validate_health(c, restart)
+    log_max_size = c.get("log_max_size", parse_size, None)
+    if log_max_size == 0:
+        log_max_size = None
+    if log_max_size is not None and log_max_size < 4096:
+        c.add("log_max_size", f"{_q(raw['log_max_size'])} is too small; use at least 4k, e.g. 10m")
+        log_max_size = None
+    log_max_files: int | None = c.get(
+        "log_max_files", _int_in(1, 1000, False, "files kept, the current one included"), None
+    )
+    if "log_max_files" in raw and "log_max_size" not in raw:
+        c.add("log_max_files", "is set without log_max_size; set log_max_size too (e.g. 10m)")
+
     stop_signal = c.get("stop_signal", parse_signal, 15)
     stop_timeout = c.get("stop_timeout", parse_duration, DEFAULT_STOP_TIMEOUT_S)
 
@@ -963,7 +1014,78 @@ def validate_container(
         cap_drop=tuple(caps["cap_drop"]),
         capabilities=effective_caps(caps["cap_add"], caps["cap_drop"]),
         auto_remove=auto_remove,
+        health=health,
+        log_max_size_bytes=log_max_size,
+        log_max_files=log_max_files or 1,
     )
+
+
+_HEALTH_KEYS = (
+    "health_interval",
+    "health_timeout",
+    "health_retries",
+    "health_start_period",
+    "on_unhealthy",
+)
+
+
+def _validate_health(c: _Checker, restart: RestartPolicy) -> HealthCheck | None:
+    raw = c.raw
+    if "health_cmd" not in raw or raw["health_cmd"] in (None, "", []):
+        for key in _HEALTH_KEYS:
+            if key in raw:
+                c.add(
+                    key, 'is set without health_cmd; add e.g. health_cmd = "wget -q -O- localhost"'
+                )
+        return None
+
+    def parse_cmd(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return ("sh", "-c", value)  # Docker's CMD-SHELL form
+        return _parse_command(value)
+
+    def positive(key: str, default: float) -> float:
+        value = c.get(key, parse_duration, default)
+        if value <= 0:
+            c.add(key, f"{_q(raw[key])} must be more than 0; use e.g. 30s")
+            return default
+        return value
+
+    d = HealthCheck(command=("true",))
+    command = c.get("health_cmd", parse_cmd, d.command)
+    interval = positive("health_interval", d.interval_s)
+    timeout = positive("health_timeout", d.timeout_s)
+    retries: int | None = c.get(
+        "health_retries", _int_in(1, 1000, False, "failures in a row"), None
+    )
+    start_period = c.get("health_start_period", parse_duration, d.start_period_s)
+    on_unhealthy = c.get("on_unhealthy", _choice(("restart", "none")), "none")
+    if on_unhealthy == "restart" and restart.name == "no":
+        c.add(
+            "on_unhealthy",
+            '"restart" goes through the restart policy, which is "no"; set restart = "on-failure" or "always"',
+        )
+    return HealthCheck(
+        command=command,
+        interval_s=interval,
+        timeout_s=timeout,
+        retries=retries or d.retries,
+        start_period_s=start_period,
+        on_unhealthy="restart" if on_unhealthy == "restart" else "none",
+    )
+
+
+def resolve_user(user: str, rootfs: str) -> tuple[int, int, tuple[int, ...]]:
+    """(uid, gid, supplementary gids) of "UID[:GID]" or "name[:group]" in the
+    rootfs's /etc/passwd and /etc/group (exec -u). ConfigError if unknown."""
+    c = _Checker({"user": user})
+    if not re.fullmatch(r"[^:\s]+(:[^:\s]+)?", user):
+        c.add("user", f'{_q(user)} is not "UID[:GID]" or "name[:group]"; e.g. "1000:1000"')
+        raise ConfigError(c.problems)
+    ids = _resolve_user(user, rootfs, c)
+    if c.problems:
+        raise ConfigError(c.problems)
+    return ids
 
 
 # ---------------------------------------------------------------------------

@@ -9,15 +9,18 @@ Routes (all under /v1):
   GET    /containers/NAME
   POST   /containers/NAME/start|stop|restart|kill   (?timeout=S, ?signal=SIG)
   DELETE /containers/NAME[?force=1]
-  GET    /containers/NAME/logs?follow=0|1&tail=N
+  GET    /containers/NAME/logs?follow=0|1&tail=N&since=EPOCH
   POST   /containers/NAME/wait
   GET    /events
+  POST   /reload                       re-read the config file (as SIGHUP)
+  WS     /containers/NAME/exec         websocket: exec (see _exec_session)
 Errors: {"error": str, "problems": [{"field", "message"}]} with 400 (bad
 input), 404 (no such container), 409 (state conflict), 500 (kernel/launch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -89,9 +92,16 @@ Handler = Callable[[Request], Awaitable[Any]]
 
 
 class Api:
-    def __init__(self, manager: ContainerManager, events: EventBus) -> None:
+    def __init__(
+        self,
+        manager: ContainerManager,
+        events: EventBus,
+        *,
+        reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
         self.m = manager
         self.events = events
+        self._reload = reload
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         n = r"(?P<name>[^/]+)"
         for method, pattern, handler in [
@@ -107,6 +117,7 @@ class Api:
             ("POST", rf"/v1/containers/{n}/wait", self.wait),
             ("GET", rf"/v1/containers/{n}/logs", self.logs),
             ("GET", r"/v1/events", self.event_stream),
+            ("POST", r"/v1/reload", self.reload),
         ]:
             self.routes.append((method, re.compile(pattern + "$"), handler))
 
@@ -121,6 +132,10 @@ class Api:
                 elif msg["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if scope["type"] == "websocket":
+            match = re.match(r"/v1/containers/(?P<name>[^/]+)/exec$", scope["path"])
+            await self._websocket(scope, receive, send, match.group("name") if match else None)
+            return
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
@@ -136,7 +151,10 @@ class Api:
             try:
                 result = await handler(req)
             except ConfigError as exc:
-                problems = [{"field": p.field, "message": p.message} for p in exc.problems]
+                problems = [
+                    {"field": p.field, "message": p.message, "text": p.render(exc.source)}
+                    for p in exc.problems
+                ]
                 await _reply(send, 400, {"error": "invalid request", "problems": problems})
             except NotFoundError as exc:
                 await _reply(send, 404, {"error": str(exc)})
@@ -245,6 +263,7 @@ class Api:
     async def logs(self, req: Request) -> Any:
         c = self.m.get(req.params["name"])
         tail = req.number("tail")
+        since = req.number("since")
         follow = req.flag("follow")
 
         async def lines() -> AsyncIterator[dict[str, Any]]:
@@ -253,6 +272,8 @@ class Api:
                     logf,
                     stop=None if follow else _SET,
                     tail=int(tail) if tail is not None and tail >= 0 else None,
+                    since=since,
+                    path=c.log_path,
                     still_active=lambda: (
                         c.state in ("starting", "running", "stopping", "restarting")
                     ),
@@ -261,6 +282,29 @@ class Api:
                     yield record
 
         return Stream(lines())
+
+    async def reload(self, req: Request) -> Any:
+        if self._reload is None:
+            raise StateError("reload is not available")
+        return await self._reload()
+
+    # ---- exec over a websocket ----------------------------------------------
+
+    async def _websocket(
+        self, scope: Scope, receive: Receive, send: Send, name: str | None
+    ) -> None:
+        msg = await receive()
+        if msg["type"] != "websocket.connect":
+            return
+        if name is None:
+            await send({"type": "websocket.close", "code": 4404})
+            return
+        await send({"type": "websocket.accept"})
+        try:
+            await _exec_session(self.m, name, receive, send)
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1000})
 
     async def event_stream(self, req: Request) -> Any:
         async def lines() -> AsyncIterator[dict[str, Any]]:
@@ -321,3 +365,166 @@ async def _stream(send: Send, receive: Receive, stream: Stream) -> None:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             nursery.cancel_scope.cancel()
+
+
+# --- exec ---------------------------------------------------------------------
+#
+# One websocket per exec. Client -> daemon: first a text message with the
+# request {"cmd": [...], "env": ["K=V"], "user": str|null, "workdir": str|null,
+# "tty": bool, "interactive": bool, "size": [rows, cols]|null}; then binary
+# messages are stdin, text messages {"resize": [rows, cols]} or {"eof": true}.
+# Daemon -> client: binary messages are output, the first byte the stream
+# (1 stdout, 2 stderr; a tty has only 1); a text {"exit_code": N} ends it, or
+# {"error": str, "exit_code": 125|126|127, "status": 400|404|409|500} when
+# the command could not start. A disconnect kills the exec'd process.
+
+STDOUT, STDERR = b"\x01", b"\x02"
+
+
+async def _exec_session(m: ContainerManager, name: str, receive: Receive, send: Send) -> None:
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    from supervisor.daemon.execs import ExecError, ExecRequest
+
+    async def send_json(obj: dict[str, Any]) -> None:
+        await send({"type": "websocket.send", "text": json.dumps(obj)})
+
+    msg = await receive()
+    try:
+        body = json.loads(msg.get("text") or msg.get("bytes") or b"")
+        cmd = body["cmd"]
+        if not isinstance(cmd, list) or not cmd or not all(isinstance(a, str) for a in cmd):
+            raise ValueError("cmd must be a non-empty list of strings")
+        req = ExecRequest(
+            argv=tuple(cmd),
+            env=tuple(str(e) for e in body.get("env") or ()),
+            user=body.get("user") or None,
+            workdir=body.get("workdir") or None,
+            tty=bool(body.get("tty")),
+        )
+        interactive = bool(body.get("interactive"))
+        size = body.get("size")
+    except (ValueError, KeyError, TypeError) as exc:
+        await send_json({"error": f"bad exec request: {exc}", "exit_code": 125, "status": 400})
+        return
+
+    def set_size(fd: int, rows_cols: Any) -> None:
+        rows, cols = (int(v) for v in rows_cols)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    ours: list[int] = []  # the daemon's ends: stdin writer, stdout, stderr readers
+    theirs: list[int] = []  # the exec'd process's stdin, stdout, stderr
+    if req.tty:
+        master, slave = os.openpty()
+        os.set_inheritable(master, False)
+        os.set_inheritable(slave, False)
+        if size:
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                set_size(master, size)
+        ours, theirs = [master], [slave, slave, slave]
+    else:
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        ours, theirs = [in_w, out_r, err_r], [in_r, out_w, err_w]
+    try:
+        session = await m.exec_start(name, req, theirs)
+    except (ExecError, ConfigError, NotFoundError, StateError, LaunchError, OSError) as exc:
+        for fd in ours:
+            os.close(fd)
+        status = (
+            400
+            if isinstance(exc, ConfigError)
+            else 404
+            if isinstance(exc, NotFoundError)
+            else 409
+            if isinstance(exc, StateError)
+            else 500
+        )
+        code = exc.exit_code if isinstance(exc, ExecError) else 125
+        problems = (
+            [{"field": p.field, "message": p.message} for p in exc.problems]
+            if isinstance(exc, ConfigError)
+            else []
+        )
+        text = str(exc) if not isinstance(exc, ConfigError) else "invalid request"
+        await send_json({"error": text, "exit_code": code, "status": status, "problems": problems})
+        return
+    finally:
+        for fd in set(theirs):
+            os.close(fd)
+
+    if req.tty:
+        master_stream = trio.lowlevel.FdStream(ours[0])
+        stdin: trio.lowlevel.FdStream | None = master_stream
+        outputs = [(STDOUT, master_stream)]
+    else:
+        stdin = trio.lowlevel.FdStream(ours[0])
+        outputs = [
+            (STDOUT, trio.lowlevel.FdStream(ours[1])),
+            (STDERR, trio.lowlevel.FdStream(ours[2])),
+        ]
+        if not interactive:
+            await stdin.aclose()
+            stdin = None
+
+    async def pump(prefix: bytes, stream: trio.lowlevel.FdStream) -> None:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # a pty master reads EIO once the last slave fd is closed
+            if not data:
+                return
+            await send({"type": "websocket.send", "bytes": prefix + data})
+
+    async def feed(cancel: trio.CancelScope) -> None:
+        nonlocal stdin
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                session.kill()
+                cancel.cancel()
+                return
+            if msg.get("bytes") is not None:
+                if stdin is not None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stdin.send_all(msg["bytes"])
+                continue
+            try:
+                control = json.loads(msg.get("text") or "{}")
+            except ValueError:
+                continue
+            if "resize" in control and req.tty:
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    set_size(ours[0], control["resize"])
+            if control.get("eof") and stdin is not None and not req.tty:
+                await stdin.aclose()
+                stdin = None
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed, nursery.cancel_scope)
+            async with trio.open_nursery() as readers:
+                for prefix, stream in outputs:
+                    readers.start_soon(pump, prefix, stream)
+                code = await session.wait()
+                # The output of the exec'd process's background children may
+                # keep the pipes open: read on for at most a second.
+                readers.cancel_scope.deadline = trio.current_time() + 1.0
+            await send_json({"exit_code": code})
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            session.kill()
+            if session.exit_code is None:
+                with trio.move_on_after(5):
+                    await session.wait()
+            session.close()
+            for _, stream in outputs:
+                await stream.aclose()
+            if stdin is not None and not req.tty:
+                await stdin.aclose()

@@ -8,8 +8,10 @@ graceful shutdown the API still answers while containers are being stopped.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import errno
 import fcntl
 import os
@@ -23,9 +25,9 @@ import structlog
 import trio
 
 from supervisor import __version__
-from supervisor.config import DaemonConfig, load_config
-from supervisor.daemon import logsetup
-from supervisor.errors import ConfigError, NsvisorError
+from supervisor.config import ContainerSpec, DaemonConfig, load_config
+from supervisor.daemon import logsetup, systemd
+from supervisor.errors import ConfigError, NotFoundError, NsvisorError, Problem, StateError
 
 log = structlog.get_logger("nsvisor")
 
@@ -69,7 +71,13 @@ def _lock_state_dir(state_dir: str) -> int:
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, zygote: Any, config_path: str | None) -> None:
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        zygote: Any,
+        config_path: str | None,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
         from supervisor.cgroups import open_manager
         from supervisor.daemon.containers import ContainerManager
         from supervisor.daemon.events import EventBus
@@ -77,6 +85,8 @@ class Daemon:
 
         self.cfg = cfg
         self.config_path = config_path
+        self.overrides = dict(overrides or {})
+        self._reload_lock = trio.Lock()
         self.events = EventBus()
         self.reaper = Reaper()
         self.cgroups = open_manager(cfg.cgroup_root, cfg.cgroup_parent)
@@ -101,6 +111,10 @@ class Daemon:
                 self.manager.attach_nursery(inner)
                 await self._start_containers()
                 self.ready.set()
+                # The API answers and every container is adopted or started.
+                systemd.sd_notify(
+                    f"READY=1\nSTATUS=supervising {len(self.manager.containers)} containers"
+                )
                 log.info(
                     "daemon.ready",
                     version=__version__,
@@ -110,6 +124,7 @@ class Daemon:
                     containers=len(self.manager.containers),
                 )
                 await self.shutdown.wait()
+                systemd.sd_notify("STOPPING=1")
                 if self.cfg.stop_containers_on_shutdown:
                     async with trio.open_nursery() as stoppers:
                         for c in list(self.manager.containers.values()):
@@ -127,7 +142,10 @@ class Daemon:
             existing = self.manager.containers.get(name)
             if existing is not None:
                 if existing.spec == spec:
-                    if existing.state not in ("running", "starting", "restarting", "stopping"):
+                    # Restored above, by its policy: a container that exited
+                    # for good stays exited (live restore starts nothing twice).
+                    existing.from_config = True
+                    if existing.state == "created":
                         await self._start_logged(name)
                     continue
                 # The file changed while the daemon was down: the file wins.
@@ -142,10 +160,72 @@ class Daemon:
             log.error("container.start_failed", container=name, error=str(exc))
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for sig in signals:
                 log.info("daemon.signal", signal=signal.Signals(sig).name)
-                self.shutdown.set()
+                if sig == signal.SIGHUP:
+                    await self._reload_logged()
+                else:
+                    self.shutdown.set()
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ConfigError as exc:
+            for p in exc.problems:
+                log.error("daemon.reload_rejected", problem=p.render(exc.source))
+        except NsvisorError as exc:
+            log.error("daemon.reload_failed", error=str(exc))
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file; apply the difference to the containers
+        that came from it. A config with any problem is rejected whole
+        (ConfigError, the same problems as check-config) before anything
+        changes. Returns {"added", "removed", "changed", "unchanged"}."""
+        if not self.ready.is_set():
+            raise StateError("the daemon is still starting; reload once it is ready")
+        async with self._reload_lock:
+            systemd.sd_notify("RELOADING=1")
+            try:
+                return await self._reload()
+            finally:
+                systemd.sd_notify("READY=1")
+
+    async def _reload(self) -> dict[str, Any]:
+        if self.config_path is None:
+            raise StateError("the daemon runs without a config file (--config); nothing to reload")
+        path = self.config_path
+        cfg = await trio.to_thread.run_sync(lambda: load_config(path, overrides=self.overrides))
+        m = self.manager
+        problems = [
+            Problem(
+                f"[containers.{spec.name}]",
+                f"a container named {spec.name} already exists and was not created from the "
+                f"config file; remove it (nsvisor rm -f {spec.name}) or rename the table",
+            )
+            for spec in cfg.containers
+            if spec.name in m.containers and not m.containers[spec.name].from_config
+        ]
+        if problems:
+            raise ConfigError(problems, cfg.source)
+        wanted = {spec.name: spec for spec in cfg.containers}
+        plan = reload_plan({n: c.spec for n, c in m.containers.items() if c.from_config}, wanted)
+        log.info("daemon.reload", **{k: v for k, v in plan.items() if v})
+
+        async def retire(name: str) -> None:
+            with contextlib.suppress(NotFoundError):
+                await m.stop(name)
+                await m.remove(name, force=True)
+
+        async with trio.open_nursery() as nursery:  # stopped in parallel
+            for name in plan["removed"] + plan["changed"]:
+                nursery.start_soon(retire, name)
+        for name in plan["added"] + plan["changed"]:
+            m.register(wanted[name], from_config=True)
+            await self._start_logged(name)
+        self.cfg = dataclasses.replace(self.cfg, containers=cfg.containers)
+        self.events.publish("reload", "daemon", **plan)
+        return plan
 
     async def _serve_api(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -179,7 +259,7 @@ class Daemon:
         config.graceful_timeout = 1.0
         config.keep_alive_timeout = 60.0
         config.h2_max_concurrent_streams = 1000
-        api = Api(self.manager, self.events)
+        api = Api(self.manager, self.events, reload=self.reload)
         try:
             async with trio.open_nursery() as n:
                 await n.start(serve, api, config)
@@ -196,6 +276,18 @@ class Daemon:
         await serve_metrics(self.cfg.metrics_addr, self.manager, task_status=task_status)
 
 
+def reload_plan(
+    current: Mapping[str, ContainerSpec], wanted: Mapping[str, ContainerSpec]
+) -> dict[str, list[str]]:
+    """What a reload does to the containers that came from the config file. Pure."""
+    return {
+        "added": sorted(n for n in wanted if n not in current),
+        "removed": sorted(n for n in current if n not in wanted),
+        "changed": sorted(n for n in wanted if n in current and current[n] != wanted[n]),
+        "unchanged": sorted(n for n in wanted if n in current and current[n] == wanted[n]),
+    }
+
+
 def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> int:
     try:
         cfg = load_config(config_path, overrides=dict(overrides or {}))
@@ -209,6 +301,11 @@ def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> 
         print(f"nsvisor: {exc}", file=sys.stderr)
         return 1
     _set_subreaper()
+    # Under systemd (Delegate=yes): into a leaf cgroup before the zygote is
+    # forked, containers in a sibling subtree. Elsewhere: nothing moves.
+    delegated = systemd.enter_delegated_leaf(cfg.cgroup_root)
+    if delegated is not None and cfg.cgroup_parent == DaemonConfig.cgroup_parent:
+        cfg = dataclasses.replace(cfg, cgroup_parent=delegated)
     from supervisor.runtime.zygote import Zygote
 
     # The zygote is forked before trio starts any thread (STYLE: fork only
@@ -216,7 +313,7 @@ def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> 
     zygote = Zygote.spawn()
     errors: list[BaseException] = []
     try:
-        trio.run(Daemon(cfg, zygote, config_path).main)
+        trio.run(Daemon(cfg, zygote, config_path, overrides).main)
     except* NsvisorError as group:
         errors.extend(group.exceptions)
     finally:

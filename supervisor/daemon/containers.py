@@ -28,12 +28,12 @@ from exporters.startdur import StartDurations
 from exporters.view import ContainerView
 from supervisor.cgroups import CgroupManager
 from supervisor.config import ContainerSpec, validate_container
-from supervisor.daemon import translate
+from supervisor.daemon import execs, health, translate
 from supervisor.daemon.events import EventBus
 from supervisor.daemon.memwatch import MemoryWatch
 from supervisor.daemon.reaper import Reaper
 from supervisor.daemon.statefile import read_json, write_json
-from supervisor.errors import ConfigError, NotFoundError, Problem, StateError
+from supervisor.errors import ConfigError, KernelError, NotFoundError, Problem, StateError
 from supervisor.lifecycle import State, is_active, transition
 from supervisor.policy import decide, start_on_boot
 from supervisor.runtime.zygote import Launched, LaunchError, Zygote
@@ -53,6 +53,7 @@ class Run:
     done: trio.Event = field(default_factory=trio.Event)
     exit_code: int | None = None
     oom_killed: bool = False
+    workload_starttime: int | None = None  # exec checks it joins this very process
 
 
 @dataclass
@@ -76,6 +77,10 @@ class Container:
     backoff_scope: trio.CancelScope | None = None
     supervised: bool = False
     changed: trio.Event = field(default_factory=trio.Event)
+    # Health checks (supervisor.daemon.health): None without a health_cmd.
+    health: str | None = None
+    health_failing_streak: int = 0
+    health_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def log_path(self) -> str:
@@ -185,6 +190,8 @@ class ContainerManager:
                 "pid": run.pid if run else None,
                 "pid_starttime": run.pid_starttime if run else None,
                 "workload_pid": run.workload_pid if run else None,
+                "workload_starttime": run.workload_starttime if run else None,
+                "last_delay_s": c.last_delay_s,
             },
         )
 
@@ -290,6 +297,7 @@ class ContainerManager:
             pid_starttime=_proc_starttime(launched.pid),
             started_at=launched.started_at,
             workload_pid=launched.workload_pid,
+            workload_starttime=_proc_starttime(launched.workload_pid),
         )
         c.run = run
         c.started_at = run.started_at
@@ -311,21 +319,35 @@ class ContainerManager:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
         *,
         adopted: Run | None = None,
+        after_exit: bool = False,
     ) -> None:
-        """Launch, wait, decide, back off, relaunch: until the policy says stop."""
+        """Launch, wait, decide, back off, relaunch: until the policy says stop.
+
+        adopted: a run re-adopted after a daemon restart (not launched here).
+        after_exit: start at the decision, for a container that exited while
+        no daemon was watching (restore): its restart count and backoff go
+        on from where they were."""
         c.supervised = True
         try:
-            run = adopted if adopted is not None else await self._launch(c)
+            run: Run | None = None
+            if adopted is not None:
+                run = adopted
+            elif not after_exit:
+                run = await self._launch(c)
             task_status.started()
             while True:
-                await self._wait_exit(c, run)
+                if run is not None:
+                    await self._run_until_exit(c, run)
+                    run_s = (c.finished_at or time.time()) - run.started_at
+                else:
+                    run_s = (c.finished_at or time.time()) - (c.started_at or time.time())
                 decision = decide(
                     c.spec.restart,
                     c.spec.backoff,
                     exit_code=c.exit_code if c.exit_code is not None else 255,
                     restart_count=c.restart_count,
                     stopped_by_user=c.stopped_by_user,
-                    run_s=(c.finished_at or time.time()) - run.started_at,
+                    run_s=run_s,
                     previous_delay_s=c.last_delay_s,
                 )
                 if not decision.restart:
@@ -359,6 +381,122 @@ class ContainerManager:
         if c.spec.auto_remove and c.state == "exited" and c.name in self.containers:
             with trio.CancelScope(shield=True):
                 await self.remove(c.name)
+
+    async def _run_until_exit(self, c: Container, run: Run) -> None:
+        """Wait for the run's exit, probing its health meanwhile."""
+        if c.spec.health is None:
+            await self._wait_exit(c, run)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_health, c, run)
+            await self._wait_exit(c, run)
+            nursery.cancel_scope.cancel()
+
+    async def _watch_health(self, c: Container, run: Run) -> None:
+        check = c.spec.health
+        assert check is not None
+        c.health, c.health_failing_streak = "starting", 0
+        self._publish_views()
+
+        def report(verdict: health.Verdict, result: health.ProbeResult, changed: bool) -> None:
+            c.health, c.health_failing_streak = verdict.status, verdict.failing_streak
+            c.health_log = [*c.health_log, result.as_dict()][-health.LOG_KEEP :]
+            if changed:
+                self._publish_views()
+                self.events.publish(
+                    "health_status",
+                    c.name,
+                    status=verdict.status,
+                    failing_streak=verdict.failing_streak,
+                    exit_code=result.exit_code,
+                )
+
+        async def probe() -> health.ProbeResult:
+            return await self.probe(c, run, check.command, check.timeout_s)
+
+        await health.watch(check, probe, report)
+        # Unhealthy and on_unhealthy = "restart": stop it like `stop` would
+        # (stop signal, grace, SIGKILL of the cgroup) but not as the user:
+        # the restart policy and its backoff decide what comes next.
+        if c.state != "running" or run.done.is_set():
+            return
+        self.events.publish("unhealthy_restart", c.name, failing_streak=c.health_failing_streak)
+        self._set_state(c, "stop")
+        if c.spec.stop_signal == signal.SIGKILL:
+            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+        else:
+            self._signal(c, c.spec.stop_signal)
+        with trio.move_on_after(c.spec.stop_timeout_s):
+            await run.done.wait()
+        if not run.done.is_set():
+            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+
+    # ---- exec ---------------------------------------------------------------
+
+    async def exec_start(
+        self, name: str, req: execs.ExecRequest, stdio: list[int]
+    ) -> execs.ExecSession:
+        """Start a process in a running container (stdin, stdout, stderr fds;
+        the caller closes its copies). ExecError when it could not start."""
+        c = self.get(name)
+        run = c.run
+        if c.state != "running" or run is None or run.workload_pid is None:
+            raise StateError(f"container {name} is not running ({c.state}); start it first")
+        return await self._exec_in(c, run, req, stdio)
+
+    async def _exec_in(
+        self, c: Container, run: Run, req: execs.ExecRequest, stdio: list[int]
+    ) -> execs.ExecSession:
+        assert run.workload_pid is not None
+        spec = execs.exec_spec_for(
+            c.spec,
+            self.cgroups,
+            req,
+            target_pid=run.workload_pid,
+            target_starttime=run.workload_starttime,
+        )
+        session = await execs.ExecSession.start(self.zygote, spec, stdio)
+        self.events.publish("exec_start", c.name, pid=session.pid, command=list(req.argv))
+        return session
+
+    async def probe(
+        self, c: Container, run: Run, argv: tuple[str, ...], timeout_s: float
+    ) -> health.ProbeResult:
+        """Run a health probe through the exec path: (exit code, output)."""
+        start = time.time()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            session = await self._exec_in(c, run, execs.ExecRequest(argv=argv), [devnull, w, w])
+        except (execs.ExecError, ConfigError, OSError) as exc:
+            os.close(r)
+            failed = exc.exit_code if isinstance(exc, execs.ExecError) else -1
+            return health.ProbeResult(start, time.time(), failed, str(exc))
+        finally:
+            os.close(w)
+            os.close(devnull)
+        output = b""
+        code: int | None = None
+        stream = trio.lowlevel.FdStream(r)
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    nonlocal output
+                    output = await execs.read_capped(stream, health.OUTPUT_LIMIT)
+
+                nursery.start_soon(read)
+                code = await session.wait()
+                # A probe's background child may keep the pipe open: read on
+                # for at most a second after the exit.
+                nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        await stream.aclose()
+        if code is None:
+            session.kill()
+            with trio.CancelScope(shield=True):
+                await session.wait()
+            return health.timed_out(start, timeout_s)
+        return health.ProbeResult(start, time.time(), code, output.decode(errors="replace"))
 
     async def _wait_exit(self, c: Container, run: Run) -> None:
         # Memory-limit hits and OOM kills are published while the run lasts
@@ -542,32 +680,26 @@ class ContainerManager:
 
     async def restore(self, c: Container, st: dict[str, Any]) -> None:
         """Re-adopt a container whose monitor survived the previous daemon, or
-        account for its exit and apply its policy."""
+        account for its exit and apply its policy. Never starts a second copy:
+        a monitor that is alive is adopted, and before anything is started
+        again whatever is left in the container's cgroup is killed."""
         assert self._nursery is not None
         pid, starttime = st.get("pid"), st.get("pid_starttime")
-        was_running = st.get("state") in ("running", "stopping", "starting", "restarting")
-        if was_running and pid and starttime and _proc_starttime(int(pid)) == int(starttime):
-            try:
-                pidfd = os.pidfd_open(int(pid))
-            except ProcessLookupError:
-                pidfd = -1
-            if pidfd >= 0 and _proc_starttime(int(pid)) == int(starttime):
-                run = Run(
-                    pid=int(pid),
-                    pidfd=pidfd,
-                    pid_starttime=int(starttime),
-                    started_at=float(st.get("started_at") or time.time()),
-                    workload_pid=st.get("workload_pid"),
-                )
+        state = st.get("state")
+        c.last_delay_s = st.get("last_delay_s")
+        if state in ("running", "stopping", "starting") and pid and starttime:
+            run = self._adoptable(c, int(pid), int(starttime), st)
+            if run is not None:
                 c.run = run
                 c.state = "running"
                 self._persist(c)
-                self.events.publish("adopt", c.name, pid=run.pid)
+                self._publish_views()
+                self.events.publish("adopt", c.name, pid=run.pid, restart_count=c.restart_count)
                 await self._nursery.start(_adopt_task(self, c, run))
+                if state == "stopping":  # the old daemon was stopping it: finish that
+                    self._nursery.start_soon(self._stop_logged, c.name)
                 return
-            if pidfd >= 0:
-                os.close(pidfd)
-        if was_running:
+        if state in ("running", "stopping", "starting"):
             # It exited while no daemon was watching: report its real code.
             try:
                 record = read_json(c.exit_path)
@@ -576,26 +708,76 @@ class ContainerManager:
                 c.finished_at = float(record.get("finished_at", time.time()))
             except (OSError, ValueError, KeyError, TypeError):
                 c.exit_code = c.exit_code if c.exit_code is not None else 255
+                c.finished_at = time.time()
             self._persist(c)
-            self.events.publish("die", c.name, exit_code=c.exit_code, oom_killed=c.oom_killed)
-            restart = decide(
-                c.spec.restart,
-                c.spec.backoff,
-                exit_code=c.exit_code if c.exit_code is not None else 255,
-                restart_count=c.restart_count,
-                stopped_by_user=c.stopped_by_user,
-                run_s=0.0,
-                previous_delay_s=None,
-            ).restart
-        else:
-            restart = start_on_boot(
-                c.spec.restart, stopped_by_user=c.stopped_by_user, was_running=False
-            ) and c.spec.restart.name in ("always", "unless-stopped")
-        if restart:
+            self.events.publish(
+                "die",
+                c.name,
+                exit_code=c.exit_code,
+                oom_killed=c.oom_killed,
+                while_daemon_down=True,
+            )
+            await self._clear_cgroup(c)
+            await self._nursery.start(_resume_task(self, c))
+        elif state == "restarting" and not c.stopped_by_user:
+            # The daemon went away during a backoff: the policy already said yes.
+            await self._clear_cgroup(c)
+            await self._nursery.start(_resume_task(self, c))
+        elif start_on_boot(
+            c.spec.restart, stopped_by_user=c.stopped_by_user, was_running=False
+        ) and c.spec.restart.name in ("always", "unless-stopped"):
+            await self._clear_cgroup(c)
             try:
                 await self.start(c.name)
             except Exception as exc:
                 log.error("container.restore_failed", container=c.name, error=str(exc))
+        self._publish_views()
+
+    def _adoptable(self, c: Container, pid: int, starttime: int, st: dict[str, Any]) -> Run | None:
+        """A Run for the recorded monitor if it is still that very process."""
+        if _proc_starttime(pid) != starttime:
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        # Checked again with the pidfd open: a pid recycled in between fails here.
+        if _proc_starttime(pid) != starttime:
+            os.close(pidfd)
+            return None
+        workload_pid = st.get("workload_pid")
+        return Run(
+            pid=pid,
+            pidfd=pidfd,
+            pid_starttime=starttime,
+            started_at=float(st.get("started_at") or time.time()),
+            workload_pid=workload_pid,
+            workload_starttime=st.get("workload_starttime"),
+        )
+
+    async def _clear_cgroup(self, c: Container) -> None:
+        """Before a restored container runs again, nothing of an earlier run
+        may be left in its cgroup (a monitor we could not adopt would
+        otherwise leave two copies running)."""
+        try:
+            if await trio.to_thread.run_sync(self.cgroups.populated, c.name):
+                log.warning("container.leftover_killed", container=c.name)
+                await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+        except (OSError, KernelError):
+            pass  # no cgroup yet: nothing to clear
+
+    async def _stop_logged(self, name: str) -> None:
+        try:
+            await self.stop(name)
+        except Exception as exc:
+            log.error("container.stop_failed", container=name, error=str(exc))
+
+
+def _resume_task(mgr: ContainerManager, c: Container) -> Callable[..., Any]:
+    async def task(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await mgr._supervise(c, task_status, after_exit=True)
+
+    return task
 
 
 def _adopt_task(mgr: ContainerManager, c: Container, run: Run) -> Callable[..., Any]:

@@ -65,4 +65,6 @@ def launch_spec_for(
         oom_kill_file=cgroups.oom_kill_file(spec.name),
         log_path=log_path,
         exit_path=exit_path,
+        log_max_size=spec.log_max_size_bytes,
+        log_max_files=spec.log_max_files,
     )

@@ -107,13 +107,61 @@ def write_atomic(path: str, data: bytes) -> None:
     os.rename(tmp, path)
 
 
-class LogWriter:
-    """Docker json-file lines: {"log":"text\\n","stream":"stdout","time":"..."}."""
+def rotated_name(path: str, index: int) -> str:
+    """container.log, container.log.1, container.log.2, ... (Docker's names)."""
+    return path if index == 0 else f"{path}.{index}"
 
-    def __init__(self, fd: int, clock_ns: Callable[[], int] = time.time_ns) -> None:
+
+def rotate_files(path: str, max_files: int) -> None:
+    """Shift path.(n) -> path.(n+1) and path -> path.1, keeping max_files
+    files in all (the current one included; with 1, the old file is dropped).
+    Renames, so a reader holding the old file open reads it to its end and an
+    inotify watch on the directory sees IN_MOVED_TO / IN_CREATE."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(rotated_name(path, max_files - 1) if max_files > 1 else path)
+    for i in range(max_files - 2, -1, -1):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(rotated_name(path, i), rotated_name(path, i + 1))
+
+
+def open_log(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+class LogWriter:
+    """Docker json-file lines: {"log":"text\\n","stream":"stdout","time":"..."}.
+
+    With `max_size` (and the file's `path`) it rotates before a line would
+    take the file past max_size, keeping `max_files` files (Docker's
+    max-size / max-file). The monitor, not the daemon, rotates: it owns the
+    file, so rotation goes on while no daemon runs."""
+
+    def __init__(
+        self,
+        fd: int,
+        clock_ns: Callable[[], int] = time.time_ns,
+        *,
+        path: str | None = None,
+        max_size: int | None = None,
+        max_files: int = 1,
+    ) -> None:
         self.fd = fd
         self.clock_ns = clock_ns
         self.pending: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self.path = path
+        self.max_size = max_size if path is not None else None
+        self.max_files = max(1, max_files)
+        self.size = os.fstat(fd).st_size if self.max_size is not None else 0
+
+    def _rotate(self) -> None:
+        assert self.path is not None
+        try:
+            rotate_files(self.path, self.max_files)
+            new = open_log(self.path)
+        except OSError:
+            return  # keep appending to the old file rather than lose lines
+        os.close(self.fd)
+        self.fd, self.size = new, 0
 
     def _emit(self, stream: str, chunk: bytes) -> None:
         line = json.dumps(
@@ -125,9 +173,13 @@ class LogWriter:
             separators=(",", ":"),
         )
         data = (line + "\n").encode()
+        if self.max_size is not None and self.size and self.size + len(data) > self.max_size:
+            self._rotate()
         try:
             while data:
-                data = data[os.write(self.fd, data) :]
+                written = os.write(self.fd, data)
+                self.size += written
+                data = data[written:]
         except OSError:
             pass  # a full disk must not kill PID 1; the lines are lost
 
@@ -263,9 +315,7 @@ class Monitor:
 
     def run(self) -> int:
         self._setup_process()
-        log_fd = os.open(
-            self.spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640
-        )
+        log_fd = open_log(self.spec.log_path)
         oom_before = read_oom_kill(self.spec.oom_kill_file)
         wake_r = self._setup_signals()
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked by the intermediate
@@ -281,7 +331,12 @@ class Monitor:
             _send_event(self.sock, {"event": "error", "message": error})
         self.sock.close()
 
-        log = LogWriter(log_fd)
+        log = LogWriter(
+            log_fd,
+            path=self.spec.log_path,
+            max_size=self.spec.log_max_size,
+            max_files=self.spec.log_max_files,
+        )
         streams = {out_r: "stdout", err_r: "stderr"}
         poller = select.poll()
         for fd in (wake_r, out_r, err_r):
@@ -326,7 +381,7 @@ class Monitor:
                 phase, deadline = "draining", time.monotonic() + DRAIN_TIMEOUT_S
         for stream in ("stdout", "stderr"):
             log.flush(stream)
-        os.close(log_fd)
+        os.close(log.fd)
 
         status = self.status if self.status is not None else 0xFF00  # exit 255: lost
         record = exit_record(

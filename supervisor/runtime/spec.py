@@ -101,6 +101,10 @@ class LaunchSpec:
     cgroup_procs: tuple[str, ...] = ()
     oom_kill_file: str | None = None
     teardown_grace_s: float = 2.0
+    # Log rotation in the monitor (Docker json-file max-size / max-file):
+    # None = no rotation; max_files counts the current file.
+    log_max_size: int | None = None
+    log_max_files: int = 1
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -125,6 +129,10 @@ class LaunchSpec:
             problems.append("hostname needs a private uts namespace (namespaces.uts='private')")
         if self.uid < 0 or self.gid < 0:
             problems.append("uid and gid must be >= 0")
+        if self.log_max_size is not None and self.log_max_size <= 0:
+            problems.append("log_max_size must be > 0 or None")
+        if self.log_max_files < 1:
+            problems.append("log_max_files must be >= 1")
         if self.teardown_grace_s < 0:
             problems.append("teardown_grace_s must be >= 0")
         if problems:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from supervisor.errors import NsvisorError
 from supervisor.runtime import linux
+from supervisor.runtime.exec import EXEC_MAGIC, spawn_exec
 from supervisor.runtime.monitor import run_monitor
 from supervisor.runtime.spec import LaunchSpec
 
@@ -233,6 +234,11 @@ def _zygote_main(ctl: socket.socket, daemon_pid: int) -> NoReturn:
                 os._exit(0)  # the daemon closed the control socket
             if not fds:
                 continue
+            if msg.startswith(EXEC_MAGIC):  # nsvisor exec (supervisor.runtime.exec)
+                pid = spawn_exec(msg, fds)
+                if pid:
+                    os.waitpid(pid, 0)
+                continue
             for extra in fds[1:]:
                 os.close(extra)
             try:
@@ -320,6 +326,21 @@ class Zygote:
                 events.abandon()
             raise
         return events.result()
+
+    async def submit(self, payload: bytes, fds: list[int]) -> None:
+        """Send one request with fds (SCM_RIGHTS) to the zygote; the fds are
+        the caller's to close afterwards. Used by exec (supervisor.runtime.exec)."""
+        import trio
+
+        if self._tsock is None or self._lock is None:
+            self._tsock = trio.socket.from_stdlib_socket(self._sock)
+            self._lock = trio.Lock()
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        async with self._lock:
+            try:
+                await self._tsock.sendmsg([payload], anc, socket.MSG_NOSIGNAL)
+            except OSError as e:
+                raise LaunchError(f"the zygote is gone ({e})") from e
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the zygote (EOF on its control socket), reap it, SIGKILL it if
