@@ -318,17 +318,9 @@ def container_dashboard() -> db.Dashboard:
             single(
                 "Health",
                 "none",
-                q(f"nsvisor_container_health_status{{{C}}}", "{{status}}", instant=True),
-                description="The health check's verdict; empty for a container without a health check.",
-                mappings=[
-                    value_map(
-                        {
-                            "0": ("unhealthy", "red"),
-                            "1": ("healthy", "green"),
-                            "2": ("starting", "blue"),
-                        }
-                    )
-                ],
+                q(f"nsvisor_container_health_status{{{C}}}", instant=True),
+                description="The health check's last verdict. Empty without a health check, and while the first check is pending.",
+                mappings=[value_map({"0": ("unhealthy", "red"), "1": ("healthy", "green")})],
             )
         )
         .with_panel(
@@ -579,7 +571,7 @@ def container_dashboard() -> db.Dashboard:
         d.with_row(db.Row("Lifecycle"))
         .with_panel(
             statetimeline.Panel()
-            .title("State")
+            .title("State over time")
             .description("The lifecycle state over time, one row per state.")
             .datasource(DS)
             .span(12)
@@ -654,6 +646,7 @@ def host_dashboard() -> db.Dashboard:
                 "short",
                 q(count_state("running"), instant=True),
                 description="Containers in the running state.",
+                w=3,
             )
         )
         .with_panel(
@@ -663,6 +656,7 @@ def host_dashboard() -> db.Dashboard:
                 q(count_state("restarting"), instant=True),
                 description="Containers waiting out a restart backoff.",
                 thresholds_cfg=thresholds((None, "green"), (1, "orange")),
+                w=3,
             )
         )
         .with_panel(
@@ -671,6 +665,17 @@ def host_dashboard() -> db.Dashboard:
                 "short",
                 q(count_state("exited"), instant=True),
                 description="Containers that exited and are not restarted by their policy.",
+                w=3,
+            )
+        )
+        .with_panel(
+            single(
+                "Unhealthy",
+                "short",
+                q(f"count(nsvisor_container_health_status{{{H}}} == 0) or vector(0)", instant=True),
+                description="Containers whose health check failed (health_retries times in a row).",
+                thresholds_cfg=thresholds((None, "green"), (1, "red")),
+                w=3,
             )
         )
         .with_panel(
@@ -683,6 +688,7 @@ def host_dashboard() -> db.Dashboard:
                 ),
                 description="Processes killed by the OOM killer in all containers in the dashboard's time range.",
                 thresholds_cfg=thresholds((None, "green"), (1, "red")),
+                w=3,
             )
         )
         .with_panel(
@@ -695,6 +701,7 @@ def host_dashboard() -> db.Dashboard:
                 ),
                 description="cgroup files the exporter could not read (nsvisor_scrape_errors_total{file}); the rest of each scrape is still exported.",
                 thresholds_cfg=thresholds((None, "green"), (1, "orange")),
+                w=3,
             )
         )
         .with_panel(
@@ -708,6 +715,7 @@ def host_dashboard() -> db.Dashboard:
                 ),
                 description="nsvisor version and cgroup layout of each host.",
                 text_mode=cm.BigValueTextMode.NAME,
+                w=6,
             )
         )
     )
