@@ -104,6 +104,16 @@ def _proc_starttime(pid: int) -> int | None:
     return int(rest[19])
 
 
+def _proc_state(pid: int) -> str | None:
+    """Field 3 of /proc/PID/stat: R, S, D, Z (zombie), ..."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
 class ContainerManager:
     def __init__(
         self,
@@ -734,8 +744,11 @@ class ContainerManager:
         self._publish_views()
 
     def _adoptable(self, c: Container, pid: int, starttime: int, st: dict[str, Any]) -> Run | None:
-        """A Run for the recorded monitor if it is still that very process."""
-        if _proc_starttime(pid) != starttime:
+        """A Run for the recorded monitor if it is still that very process,
+        alive. A zombie (its parent died with the old daemon and the new
+        parent, often init, has not reaped it yet) has exited: its exit file
+        tells the rest."""
+        if _proc_starttime(pid) != starttime or _proc_state(pid) in ("Z", "X", None):
             return None
         try:
             pidfd = os.pidfd_open(pid)

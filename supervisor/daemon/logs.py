@@ -80,6 +80,27 @@ def _rotated(f: IO[bytes], path: str) -> bool:
     return current != os.fstat(f.fileno()).st_ino
 
 
+def _next_file(f: IO[bytes], path: str) -> IO[bytes] | None:
+    """The file written after the one `f` reads: the next newer one in
+    path.N, ..., path.1, path (several rotations may have happened while the
+    reader was behind), or the oldest one left when f's file was dropped."""
+    ours = os.fstat(f.fileno()).st_ino
+    order = [*rotated_paths(path), path]
+    inodes: list[int | None] = []
+    for name in order:
+        try:
+            inodes.append(os.stat(name).st_ino)
+        except FileNotFoundError:
+            inodes.append(None)
+    start = inodes.index(ours) + 1 if ours in inodes else 0
+    for name in order[start:]:
+        try:
+            return open(name, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            continue
+    return None
+
+
 async def follow_log(
     f: IO[bytes],
     *,
@@ -147,11 +168,11 @@ async def follow_log(
             if not chunk and path is not None and _rotated(f, path):
                 chunk = f.read()  # whatever was written before the rename
                 if not chunk:
-                    try:
-                        f = open(path, "rb")  # noqa: SIM115 - closed in finally
-                    except FileNotFoundError:
-                        pass
-                    else:
+                    following = _next_file(f, path)
+                    if following is not None:
+                        if owned and owned[-1] is f:  # ours, not the caller's
+                            owned.pop().close()
+                        f = following
                         owned.append(f)
                         pending = b""
                         continue
