@@ -178,7 +178,7 @@ class ContainerManager:
                 workload_pid=(
                     c.run.workload_pid if c.run and c.state in ("running", "stopping") else None
                 ),
-                health=getattr(c, "health", None),  # set by health checks, when configured
+                health=c.health,
             )
             for c in self.containers.values()
         )
