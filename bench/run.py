@@ -476,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         code = 130
-    except BenchError as e:
-        log(f"failed: {e}")
+    except Exception as e:  # report it under the table, after the clean-up
+        log(f"failed: {type(e).__name__}: {e}")
         code = 1
     finally:
         problems = b.cleanup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,6 +118,21 @@ class _Response:
             yield pending
 
 
+def _connect(sock: socket.socket, path: str, timeout: float | None) -> None:
+    """A Unix socket whose listen backlog is full makes a non-blocking (timed)
+    connect fail with EAGAIN at once, where TCP would wait: retry until the
+    timeout (200 clients at once against a backlog of 128 hit this)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _decode(data: bytes) -> Any:
     if not data.strip():
         return None
@@ -146,7 +162,7 @@ class Client:
         try:
             if self.timeout is not None:
                 sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
+            _connect(sock, self.socket_path, self.timeout)
             sock.sendall(request)
             response = _Response(sock)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
