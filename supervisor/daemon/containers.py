@@ -635,6 +635,7 @@ class ContainerManager:
             "exit_code": c.exit_code,
             "oom_killed": c.oom_killed,
             "restart_count": c.restart_count,
+            "health": c.health,
         }
 
     def inspect(self, c: Container) -> dict[str, Any]:
@@ -654,6 +655,13 @@ class ContainerManager:
                 "oom_kills": self.memwatch.counts(c.name).get("oom_kill"),
                 "log_path": c.log_path,
                 "from_config": c.from_config,
+                "health_check": None
+                if c.spec.health is None
+                else {
+                    "status": c.health,
+                    "failing_streak": c.health_failing_streak,
+                    "log": list(c.health_log),
+                },
             }
         )
         return out
