@@ -159,6 +159,10 @@ fi
 FAST_OPTS=()
 : >"$SHARE/fastdirs"
 IFS=: read -r -a fast_dirs <<<"${VM_FAST_DIRS:-}"
+if [ ${#fast_dirs[@]} -gt 0 ] && ! command -v mke2fs >/dev/null; then
+    log "no mke2fs (apt-get install e2fsprogs): VM_FAST_DIRS read over 9p instead"
+    fast_dirs=()
+fi
 n=0
 for d in "${fast_dirs[@]}"; do
     [ -n "$d" ] || continue
