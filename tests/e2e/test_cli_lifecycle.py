@@ -130,6 +130,7 @@ def test_events_stream_lifecycle_transitions(running_daemon: Daemon) -> None:
     ev = d.popen("events")
     try:
         assert ev.stdout is not None
+        assert json.loads(ev.stdout.readline())["action"] == "subscribed"
         d.cli("run", "--rm", "--name", "once", d.rootfs, "--", "true")
         ev.send_signal(signal.SIGINT)
         out, _ = ev.communicate(timeout=30)

@@ -98,8 +98,14 @@ def test_cpus_half_keeps_a_busy_loop_near_half_a_core(running_daemon: Daemon) ->
     assert 0.15 < share <= 0.6, share
     assert metric(s1, "container_spec_cpu_quota", "spin") == 50000
     assert metric(s1, "container_spec_cpu_period", "spin") == 100000
+    periods = metric(s1, "container_cpu_cfs_periods_total", "spin")
     throttled = metric(s1, "container_cpu_cfs_throttled_periods_total", "spin")
-    assert throttled is not None and throttled > 0
+    assert periods is not None and periods > 0  # the quota is being enforced
+    assert throttled is not None
+    if share > 0.4:
+        # It used its whole quota: the quota must have cut it off. (On a
+        # loaded machine it may get less than its quota and never hit it.)
+        assert throttled > 0
 
 
 def test_metrics_report_limits_usage_and_state(running_daemon: Daemon) -> None:
