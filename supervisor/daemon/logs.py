@@ -95,7 +95,7 @@ def _next_file(f: IO[bytes], path: str) -> IO[bytes] | None:
     start = inodes.index(ours) + 1 if ours in inodes else 0
     for name in order[start:]:
         try:
-            return open(name, "rb")  # noqa: SIM115 - the caller closes it
+            return open(name, "rb")
         except FileNotFoundError:
             continue
     return None
