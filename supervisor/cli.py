@@ -519,6 +519,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return run_exec(
             args.socket, args.name, request, interactive=bool(args.interactive), tty=bool(args.tty)
         )
+    except KeyboardInterrupt:
+        return 130  # the connection closes: the daemon kills the command
     except ExecFailed as exc:
         if exc.code == 1 and "no such container" in str(exc):
             _err(f"nsvisor: no such container: {args.name}\n")
