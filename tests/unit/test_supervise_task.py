@@ -1,4 +1,6 @@
-"""The supervision task under trio's autojump clock: restart decisions play
+"""The supervision task under trio's autojump clock (jumping only after 50 ms
+of real idleness, so that a cgroup write in a worker thread is not mistaken
+for sleeping): restart decisions play
 out in virtual time, with a fake zygote and fake cgroups (pure logic only;
 the same paths run for real in tests/e2e)."""
 
@@ -109,7 +111,7 @@ def test_on_failure_3_restarts_three_times_with_doubling_delays(tmp_path: Path) 
             assert c.restart_count == 3 and c.exit_code == 1
             return zygote.launch_times
 
-    times = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    times = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # each run lasts 1 s, then the backoff: 0.1, 0.2, 0.4 s
     assert gaps == pytest.approx([1.1, 1.2, 1.4])
@@ -128,7 +130,7 @@ def test_a_long_run_resets_the_backoff(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()  # the fake's pipes cannot take a stop signal
         return zygote.launch_times
 
-    times = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    times = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[:3] == pytest.approx([15.1, 15.1, 15.1])
 
@@ -148,6 +150,6 @@ def test_stop_during_backoff_cancels_the_restart(tmp_path: Path) -> None:
             await trio.sleep(120)  # long past the 30 s backoff
             return len(zygote.launch_times), c.state
 
-    launches, state = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    launches, state = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.05))
     assert launches == 1
     assert state == "exited"
