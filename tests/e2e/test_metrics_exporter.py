@@ -237,11 +237,15 @@ def test_promtool_check_metrics_reports_nothing(running_daemon: Daemon) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), text
 
 
-def test_a_scrape_of_200_running_containers(running_daemon: Daemon) -> None:
-    """Prints the scrape duration (the benchmark issue sets the target)."""
+def test_a_scrape_of_many_running_containers(running_daemon: Daemon) -> None:
+    """Prints the scrape duration (the benchmark issue sets the target).
+
+    In the cgroup v2 VM (software-emulated CPU, ~40x slower fork+exec) 50
+    containers exercise the same v2 stats path at a fraction of the CI time;
+    the 200-container scale run is the host's."""
     d = running_daemon
     client = Client(d.socket, timeout=120)
-    n = 200
+    n = 50 if os.environ.get("NSVISOR_IN_VM") else 200
     t0 = time.monotonic()
     for i in range(n):
         spec = {"name": f"s{i}", "rootfs": d.rootfs, "command": ["sleep", "1000"], "memory": "8m"}
