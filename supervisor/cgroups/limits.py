@@ -17,6 +17,28 @@ IO_WEIGHT_DEFAULT = 100  # v2 io.weight
 
 
 @dataclass(frozen=True)
+class IoThrottle:
+    """Per-device block I/O caps (v2 io.max, v1 blkio.throttle.*_device).
+    None = unlimited for that direction."""
+
+    major: int
+    minor: int
+    read_bps: int | None = None
+    write_bps: int | None = None
+    read_iops: int | None = None
+    write_iops: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceWeight:
+    """A per-device I/O weight in Docker's --blkio-weight-device units (10..1000)."""
+
+    major: int
+    minor: int
+    weight: int
+
+
+@dataclass(frozen=True)
 class Limits:
     """Resource limits of one cgroup. None means unlimited / kernel default."""
 
@@ -37,6 +59,21 @@ class Limits:
     pids_max: int | None = None
     io_weight: int | None = None
     """Docker --blkio-weight units (10..1000)."""
+    io_weight_devices: tuple[DeviceWeight, ...] = ()
+    io_throttle: tuple[IoThrottle, ...] = ()
+    """Devices not listed are reset to unlimited (the backends read which
+    devices the kernel has entries for)."""
+    memory_low: int | None = None
+    """--memory-reservation: v2 memory.low, v1 memory.soft_limit_in_bytes."""
+    memory_high: int | None = None
+    """v2 memory.high (throttle + reclaim above it); no v1 counterpart."""
+    oom_kill_disable: bool = False
+    """v1 memory.oom_control; v2 has no way to disable the OOM killer."""
+    oom_group: bool = False
+    """v2 memory.oom.group: the OOM killer takes the whole cgroup."""
+    cpuset_cpus: str | None = None
+    """A cpu list like "0-2,4"; None = the parent's."""
+    cpuset_mems: str | None = None
 
 
 def shares_to_weight(shares: int) -> int:

@@ -156,3 +156,91 @@ def parse_pressure(text: str) -> Pressure:
 def parse_freezer_state(text: str) -> str:
     """v1 freezer.state: THAWED, FREEZING or FROZEN."""
     return text.strip()
+
+
+def parse_device_keys(text: str) -> frozenset[tuple[int, int]]:
+    """The devices that have an entry in a per-device file: lines starting
+    with "MAJ:MIN" (io.max, io.weight, blkio.throttle.*_device,
+    blkio.bfq.weight_device); "default N" and blank lines are skipped."""
+    devices: set[tuple[int, int]] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and ":" in parts[0]:
+            major, _, minor = parts[0].partition(":")
+            if major.isdigit() and minor.isdigit():
+                devices.add((int(major), int(minor)))
+    return frozenset(devices)
+
+
+def parse_device_values(text: str) -> dict[tuple[int, int], int]:
+    """ "MAJ:MIN N" lines (v1 blkio.throttle.*_device, per-device weights)."""
+    result: dict[tuple[int, int], int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and ":" in parts[0]:
+            major, _, minor = parts[0].partition(":")
+            if major.isdigit() and minor.isdigit():
+                result[(int(major), int(minor))] = int(parts[1])
+    return result
+
+
+def parse_io_max(text: str) -> dict[tuple[int, int], dict[str, int | None]]:
+    """v2 io.max: "8:16 rbps=2097152 wbps=max riops=max wiops=120" ->
+    {(8, 16): {"rbps": 2097152, "wbps": None, "riops": None, "wiops": 120}}."""
+    result: dict[tuple[int, int], dict[str, int | None]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        major, minor = (int(n) for n in parts[0].split(":"))
+        values: dict[str, int | None] = {}
+        for part in parts[1:]:
+            key, _, value = part.partition("=")
+            values[key] = parse_limit(value)
+        result[(major, minor)] = values
+    return result
+
+
+def format_io_max(
+    major: int,
+    minor: int,
+    rbps: int | None,
+    wbps: int | None,
+    riops: int | None,
+    wiops: int | None,
+) -> str:
+    """One io.max line; "max" for unlimited (all four "max" removes the entry)."""
+    f = format_limit_v2
+    return f"{major}:{minor} rbps={f(rbps)} wbps={f(wbps)} riops={f(riops)} wiops={f(wiops)}"
+
+
+def parse_cpu_list(text: str) -> frozenset[int]:
+    """A kernel cpu/node list "0-3,5,7-8" -> {0,1,2,3,5,7,8}; "" -> empty.
+    ValueError on anything else (the message is for the user)."""
+    result: set[int] = set()
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{text.strip()!r} is not a list like 0-3,5")
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first:
+            raise ValueError(f"{part!r}: range goes backwards; write it as {last}-{first}")
+        result.update(range(first, last + 1))
+    return frozenset(result)
+
+
+def format_cpu_list(cpus: frozenset[int] | set[int]) -> str:
+    """{0,1,2,5} -> "0-2,5" (the kernel's own spelling)."""
+    ranges: list[str] = []
+    ordered = sorted(cpus)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        ranges.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(ranges)

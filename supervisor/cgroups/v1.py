@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Mapping
 
 from supervisor.errors import KernelError
 
@@ -17,6 +18,8 @@ from .limits import (
     BFQ_WEIGHT_DEFAULT,
     BLKIO_WEIGHT_DEFAULT,
     CPU_SHARES_DEFAULT,
+    DeviceWeight,
+    IoThrottle,
     Limits,
     shares_to_weight,
     swap_unlimited,
@@ -25,15 +28,35 @@ from .limits import (
 from .manager import Layout
 from .stats import Stats
 
-# The v1 controllers nsvisor uses. cpuset (needs cpus/mems copied in before a
-# task can join) and devices are not limited by Limits, so not joined.
-CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio", "freezer")
+# The v1 controllers nsvisor uses. cpuset is joined too: a new v1 cpuset
+# starts with empty cpus/mems, which no task may join, so create() copies the
+# parent's values down first (what cgroup.clone_children would do, without
+# changing a flag on a cgroup we did not create). devices is not limited here.
+CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "freezer")
+
+# blkio.throttle files: Limits field of IoThrottle -> file.
+THROTTLE_FILES = (
+    ("read_bps", "blkio.throttle.read_bps_device"),
+    ("write_bps", "blkio.throttle.write_bps_device"),
+    ("read_iops", "blkio.throttle.read_iops_device"),
+    ("write_iops", "blkio.throttle.write_iops_device"),
+)
+# Per-device files: create()/update() read which devices have an entry now so
+# a device no longer in Limits is reset (declarative, like v2's io.max).
+DEVICE_FILES = (
+    *(f for _, f in THROTTLE_FILES),
+    "blkio.bfq.weight_device",
+    "blkio.weight_device",
+)
 
 _MEMSW = "memory.memsw.limit_in_bytes"
 _SWAP_MISSING = "swap accounting is off (boot with swapaccount=1)"
 _IO_MISSING = (
     "the io controller has no weight support on this device/scheduler "
     "(blkio.weight needs CFQ, gone since 5.0; blkio.bfq.weight needs the BFQ scheduler)"
+)
+_THROTTLE_MISSING = (
+    "the blkio controller has no throttling (kernel without CONFIG_BLK_DEV_THROTTLING)"
 )
 
 
@@ -59,10 +82,29 @@ def find_hierarchies(root: str) -> dict[str, str]:
     return result
 
 
-def plan(limits: Limits, files: set[str], current_memsw: int | None) -> list[_fs.Write]:
+def plan(
+    limits: Limits,
+    files: set[str],
+    current_memsw: int | None,
+    now: Mapping[str, frozenset[tuple[int, int]]] | None = None,
+    cpuset_parent: Mapping[str, str] | None = None,
+) -> list[_fs.Write]:
     """The writes that apply `limits`, in order. `files` are the names in the
     cgroup's hierarchy directories (memsw and weight files are optional);
-    `current_memsw` the memsw limit now (None = unlimited). Pure."""
+    `current_memsw` the memsw limit now (None = unlimited); `now` maps each
+    per-device file (DEVICE_FILES) to the devices it has entries for;
+    `cpuset_parent` the parent's cpuset.cpus/cpuset.mems, the values a None
+    cpuset field resets to (v1 has no "inherit"). Pure."""
+    for wanted, field, fix in (
+        (limits.memory_high is not None, "memory_high", "use --memory (a hard limit)"),
+        (limits.oom_group, "oom_group", "without it the OOM killer picks single processes"),
+    ):
+        if wanted:
+            raise KernelError(
+                f"{field} needs cgroup v2 (this host runs the v1/hybrid layout, which has "
+                f"no counterpart); remove --{field.replace('_', '-')}: {fix}",
+                errno=errno.EINVAL,
+            )
     if not swap_unlimited(limits.swap_max) and limits.memory_max is None:
         raise KernelError(
             "swap_max without memory_max cannot be expressed on cgroup v1 "
@@ -140,6 +182,89 @@ def plan(limits: Limits, files: set[str], current_memsw: int | None) -> list[_fs
         writes.append(
             _fs.Write("blkio", "blkio.weight", value, "io_weight", w is not None, _IO_MISSING)
         )
+    writes += _memory_extra_writes(limits)
+    writes += _cpuset_writes(limits, cpuset_parent or {})
+    writes += _blkio_device_writes(limits, files, now or {})
+    return writes
+
+
+def _memory_extra_writes(limits: Limits) -> list[_fs.Write]:
+    return [
+        _fs.Write(
+            "memory",
+            "memory.soft_limit_in_bytes",
+            parse.format_limit_v1(limits.memory_low),
+            "memory_low",
+            limits.memory_low is not None,
+        ),
+        # Writing 1 stops the OOM killer for this cgroup: tasks that hit the
+        # limit wait in the kernel until memory is freed or the limit raised.
+        _fs.Write(
+            "memory",
+            "memory.oom_control",
+            "1" if limits.oom_kill_disable else "0",
+            "oom_kill_disable",
+            limits.oom_kill_disable,
+        ),
+    ]
+
+
+def _cpuset_writes(limits: Limits, parent: Mapping[str, str]) -> list[_fs.Write]:
+    writes: list[_fs.Write] = []
+    for file, value, field in (
+        ("cpuset.cpus", limits.cpuset_cpus, "cpuset_cpus"),
+        ("cpuset.mems", limits.cpuset_mems, "cpuset_mems"),
+    ):
+        if value is not None:
+            writes.append(_fs.Write("cpuset", file, value, field, True))
+        elif parent.get(file):
+            writes.append(_fs.Write("cpuset", file, parent[file], field, False))
+    return writes
+
+
+def _blkio_device_writes(
+    limits: Limits, files: set[str], now: Mapping[str, frozenset[tuple[int, int]]]
+) -> list[_fs.Write]:
+    writes: list[_fs.Write] = []
+    for attr, file in THROTTLE_FILES:
+        values: dict[tuple[int, int], int | None] = {
+            (t.major, t.minor): getattr(t, attr) for t in limits.io_throttle
+        }
+        for dev in sorted(values.keys() | now.get(file, frozenset())):
+            value = values.get(dev)
+            if value is None and dev not in now.get(file, frozenset()):
+                continue  # nothing to set, nothing to reset
+            # "MAJ:MIN 0" removes the device's rule.
+            writes.append(
+                _fs.Write(
+                    "blkio",
+                    file,
+                    f"{dev[0]}:{dev[1]} {value or 0}",
+                    "io_throttle",
+                    value is not None,
+                    _THROTTLE_MISSING,
+                )
+            )
+    bfq = "blkio.weight_device" not in files and "blkio.bfq.weight_device" in files
+    weight_file = "blkio.bfq.weight_device" if bfq else "blkio.weight_device"
+    wanted = {(d.major, d.minor) for d in limits.io_weight_devices}
+    for d in limits.io_weight_devices:
+        writes.append(
+            _fs.Write(
+                "blkio",
+                weight_file,
+                f"{d.major}:{d.minor} {d.weight}",
+                "io_weight_devices",
+                True,
+                _IO_MISSING,
+            )
+        )
+    for major, minor in sorted(now.get(weight_file, frozenset()) - wanted):
+        # BFQ drops a device's own weight on "default"; CFQ on 0.
+        reset = "default" if bfq else "0"
+        writes.append(
+            _fs.Write("blkio", weight_file, f"{major}:{minor} {reset}", "io_weight_devices", False)
+        )
     return writes
 
 
@@ -206,6 +331,7 @@ class V1Manager:
         try:
             for base, directory in zip(self._bases(), self._dirs(name), strict=True):
                 _fs.mkdirs(directory, base, created)
+            self._init_cpuset(name)
             self._apply(name, limits)
         except BaseException:
             for d in reversed(created):
@@ -214,7 +340,11 @@ class V1Manager:
             raise
 
     def update(self, name: str, limits: Limits) -> None:
-        missing = [d for d in self._dirs(name) if not os.path.isdir(d)]
+        # A cgroup made before cpuset was joined (live restore across an
+        # upgrade) has no cpuset directory: that is not an error unless a
+        # cpuset limit is asked for (then the write reports the missing file).
+        cpuset = self._ctl("cpuset", name)
+        missing = [d for d in self._dirs(name) if not os.path.isdir(d) and d != cpuset]
         if missing:
             raise KernelError(
                 f"cgroup {missing[0]} does not exist; create() it first",
@@ -225,10 +355,19 @@ class V1Manager:
 
     def _apply(self, name: str, limits: Limits) -> None:
         files: set[str] = set()
-        for controller in ("memory", "cpu", "pids", "blkio"):
+        for controller in ("memory", "cpu", "pids", "blkio", "cpuset"):
             d = self._ctl(controller, name)
-            if d is not None:
+            if d is not None and os.path.isdir(d):
                 files.update(os.listdir(d))
+        now: dict[str, frozenset[tuple[int, int]]] = {}
+        blkio = self._ctl("blkio", name)
+        for f in DEVICE_FILES:
+            if blkio is not None and f in files:
+                try:
+                    now[f] = parse.parse_device_keys(_fs.read_text(os.path.join(blkio, f)))
+                except OSError as e:
+                    raise _fs.io_error(os.path.join(blkio, f), e, "read", "run as root") from e
+        cpuset_parent = self._cpuset_parent(name)
         memory = self._ctl("memory", name)
         current_memsw = None
         if memory is not None and _MEMSW in files:
@@ -236,7 +375,7 @@ class V1Manager:
                 current_memsw = parse.parse_limit(_fs.read_text(os.path.join(memory, _MEMSW)))
             except OSError as e:
                 raise _fs.io_error(os.path.join(memory, _MEMSW), e, "read", "run as root") from e
-        for w in plan(limits, files, current_memsw):
+        for w in plan(limits, files, current_memsw, now, cpuset_parent):
             directory = self._ctl(w.controller, name)
             if directory is None:
                 if w.required:
@@ -249,6 +388,38 @@ class V1Manager:
                 continue
             _fs.apply_write(directory, w)
 
+    def _cpuset_parent(self, name: str) -> dict[str, str]:
+        """The parent cgroup's cpuset.cpus/mems (what a None field resets to)."""
+        d = self._ctl("cpuset", name)
+        result: dict[str, str] = {}
+        if d is None:
+            return result
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            with contextlib.suppress(OSError):
+                result[f] = _fs.read_text(os.path.join(os.path.dirname(d), f)).strip()
+        return result
+
+    def _init_cpuset(self, name: str) -> None:
+        """Copy cpus and mems down from the parent into every cpuset directory
+        between the hierarchy's root and the cgroup that is still empty (only
+        our own: the parent and below). No task can join an empty cpuset."""
+        base = self.hierarchies.get("cpuset")
+        if base is None:
+            return
+        directory = base
+        for component in f"{self.parent}/{name}".split("/"):
+            parent, directory = directory, os.path.join(directory, component)
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                path = os.path.join(directory, f)
+                try:
+                    if _fs.read_text(path).strip():
+                        continue
+                    _fs.write_text(path, _fs.read_text(os.path.join(parent, f)).strip())
+                except FileNotFoundError:
+                    continue  # a fixture tree without the file
+                except OSError as e:
+                    raise _fs.io_error(path, e, "initialise", "run as root") from e
+
     def read_limits(self, name: str) -> Limits:
         self._require(name)
         r = _fs.StatReader()
@@ -258,6 +429,17 @@ class V1Manager:
         period = r.read(_j(cpu, "cpu.cfs_period_us"), parse.parse_int)
         weight = r.read(_j(blkio, "blkio.weight"), parse.parse_io_weight, optional=True)
         bfq = r.read(_j(blkio, "blkio.bfq.weight"), parse.parse_io_weight, optional=True)
+        per_dev: dict[tuple[int, int], int] = {}
+        for f in ("blkio.weight_device", "blkio.bfq.weight_device"):
+            per_dev.update(r.read(_j(blkio, f), parse.parse_device_values, optional=True) or {})
+        throttle: dict[tuple[int, int], dict[str, int]] = {}
+        for attr, f in THROTTLE_FILES:
+            for dev, v in (r.read(_j(blkio, f), parse.parse_device_values, True) or {}).items():
+                throttle.setdefault(dev, {})[attr] = v
+        cpuset = self._ctl("cpuset", name)
+        cpus = r.read(_j(cpuset, "cpuset.cpus"), str.strip, optional=True)
+        mems = r.read(_j(cpuset, "cpuset.mems"), str.strip, optional=True)
+        oom = r.read(_j(memory, "memory.oom_control"), parse.parse_keyed) or {}
         return Limits(
             memory_max=mem,
             swap_max=_swap_only(mem, memsw),
@@ -266,6 +448,14 @@ class V1Manager:
             cpu_shares=r.read(_j(cpu, "cpu.shares"), parse.parse_int),
             pids_max=r.read(_j(pids, "pids.max"), parse.parse_limit),
             io_weight=weight if weight is not None else bfq,
+            io_weight_devices=tuple(
+                DeviceWeight(mj, mn, w) for (mj, mn), w in sorted(per_dev.items())
+            ),
+            io_throttle=tuple(IoThrottle(mj, mn, **v) for (mj, mn), v in sorted(throttle.items())),
+            memory_low=r.read(_j(memory, "memory.soft_limit_in_bytes"), parse.parse_limit),
+            oom_kill_disable=oom.get("oom_kill_disable") == 1,
+            cpuset_cpus=cpus or None,
+            cpuset_mems=mems or None,
         )
 
     def _require(self, name: str) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import time
+from collections.abc import Mapping
 
 from supervisor.errors import KernelError
 
@@ -15,6 +16,8 @@ from .limits import (
     BFQ_WEIGHT_DEFAULT,
     CPU_WEIGHT_DEFAULT,
     IO_WEIGHT_DEFAULT,
+    DeviceWeight,
+    IoThrottle,
     Limits,
     blkio_to_io_weight,
     io_to_blkio_weight,
@@ -25,18 +28,38 @@ from .limits import (
 from .manager import Layout
 from .stats import Stats
 
-# Controllers nsvisor limits; cpuset is left alone (no cpuset limits yet).
-CONTROLLERS = ("cpu", "io", "memory", "pids")
+# Controllers nsvisor limits. cpuset on v2 needs no initialisation (an empty
+# cpuset.cpus means "the parent's"), so it is enabled like the others.
+CONTROLLERS = ("cpu", "cpuset", "io", "memory", "pids")
+
+# Files whose lines are per device; create()/update() read which devices have
+# an entry now, so that a device no longer in Limits is reset (declarative).
+DEVICE_FILES = ("io.max", "io.weight", "io.bfq.weight")
 
 _SWAP_MISSING = (
     "swap accounting is off (kernel without CONFIG_MEMCG_SWAP, or booted with swapaccount=0)"
 )
 _IO_MISSING = "the io controller has no weight support on this device/scheduler"
+_IO_MAX_MISSING = "the io controller has no io.max (kernel without CONFIG_BLK_DEV_THROTTLING)"
 
 
-def plan(limits: Limits, files: set[str]) -> list[_fs.Write]:
+def plan(
+    limits: Limits,
+    files: set[str],
+    now: Mapping[str, frozenset[tuple[int, int]]] | None = None,
+) -> list[_fs.Write]:
     """The writes that apply `limits`. `files` are the names in the cgroup
-    directory (to choose between io.weight and io.bfq.weight). Pure."""
+    directory (to choose between io.weight and io.bfq.weight); `now` maps
+    each per-device file (DEVICE_FILES) to the devices it has entries for,
+    which are reset when `limits` no longer names them. Pure."""
+    now = now or {}
+    if limits.oom_kill_disable:
+        raise KernelError(
+            "oom_kill_disable is not supported on cgroup v2 (there is no memory.oom_control; "
+            "the kernel always OOM-kills above memory.max); remove --oom-kill-disable, "
+            "or use --memory-high to throttle before the limit",
+            errno=errno.EINVAL,
+        )
     writes = [
         _fs.Write(
             "memory",
@@ -91,6 +114,88 @@ def plan(limits: Limits, files: set[str]) -> list[_fs.Write]:
     else:
         value = f"default {IO_WEIGHT_DEFAULT if w is None else blkio_to_io_weight(w)}"
         writes.append(_fs.Write("io", "io.weight", value, "io_weight", w is not None, _IO_MISSING))
+    writes += _memory_extra_writes(limits)
+    writes += _cpuset_writes(limits)
+    writes += _io_device_writes(limits, files, now)
+    return writes
+
+
+def _memory_extra_writes(limits: Limits) -> list[_fs.Write]:
+    low = limits.memory_low
+    return [
+        # memory.low defaults to 0 (no protection), memory.high to "max".
+        _fs.Write("memory", "memory.low", str(low or 0), "memory_low", low is not None),
+        _fs.Write(
+            "memory",
+            "memory.high",
+            parse.format_limit_v2(limits.memory_high),
+            "memory_high",
+            limits.memory_high is not None,
+        ),
+        # memory.oom.group exists since 4.19.
+        _fs.Write(
+            "memory",
+            "memory.oom.group",
+            "1" if limits.oom_group else "0",
+            "oom_group",
+            limits.oom_group,
+            "memory.oom.group needs Linux 4.19 or newer",
+        ),
+    ]
+
+
+def _cpuset_writes(limits: Limits) -> list[_fs.Write]:
+    # An empty cpuset.cpus/mems on v2 means "use the parent's": the reset value.
+    return [
+        _fs.Write(
+            "cpuset",
+            "cpuset.cpus",
+            limits.cpuset_cpus or "",
+            "cpuset_cpus",
+            limits.cpuset_cpus is not None,
+        ),
+        _fs.Write(
+            "cpuset",
+            "cpuset.mems",
+            limits.cpuset_mems or "",
+            "cpuset_mems",
+            limits.cpuset_mems is not None,
+        ),
+    ]
+
+
+def _io_device_writes(
+    limits: Limits, files: set[str], now: Mapping[str, frozenset[tuple[int, int]]]
+) -> list[_fs.Write]:
+    writes: list[_fs.Write] = []
+    wanted = {(t.major, t.minor) for t in limits.io_throttle}
+    for t in limits.io_throttle:
+        value = parse.format_io_max(
+            t.major, t.minor, t.read_bps, t.write_bps, t.read_iops, t.write_iops
+        )
+        writes.append(_fs.Write("io", "io.max", value, "io_throttle", True, _IO_MAX_MISSING))
+    for major, minor in sorted(now.get("io.max", frozenset()) - wanted):
+        value = parse.format_io_max(major, minor, None, None, None, None)
+        writes.append(_fs.Write("io", "io.max", value, "io_throttle", False))
+    bfq = "io.weight" not in files and "io.bfq.weight" in files
+    weight_file = "io.bfq.weight" if bfq else "io.weight"
+    wanted = {(d.major, d.minor) for d in limits.io_weight_devices}
+    for d in limits.io_weight_devices:
+        w = d.weight if bfq else blkio_to_io_weight(d.weight)
+        writes.append(
+            _fs.Write(
+                "io",
+                weight_file,
+                f"{d.major}:{d.minor} {w}",
+                "io_weight_devices",
+                True,
+                _IO_MISSING,
+            )
+        )
+    for major, minor in sorted(now.get(weight_file, frozenset()) - wanted):
+        # "MAJ:MIN default" drops the device's own weight (iocost and BFQ alike).
+        value = f"{major}:{minor} default"
+        writes.append(_fs.Write("io", weight_file, value, "io_weight_devices", False))
     return writes
 
 
@@ -147,7 +252,15 @@ class V2Manager:
 
     def _apply(self, target: str, limits: Limits) -> None:
         subtree = os.path.join(os.path.dirname(target), "cgroup.subtree_control")
-        for w in plan(limits, set(os.listdir(target))):
+        files = set(os.listdir(target))
+        now: dict[str, frozenset[tuple[int, int]]] = {}
+        for f in DEVICE_FILES:
+            if f in files:
+                try:
+                    now[f] = parse.parse_device_keys(_fs.read_text(_j(target, f)))
+                except OSError as e:
+                    raise _fs.io_error(_j(target, f), e, "read", "run as root") from e
+        for w in plan(limits, files, now):
             hint = f"the {w.controller} controller is not enabled in {subtree}; enable it"
             _fs.apply_write(target, w if w.missing_hint else _with_hint(w, hint))
 
@@ -182,6 +295,18 @@ class V2Manager:
         quota, period = r.read(_j(target, "cpu.max"), parse.parse_cpu_max) or (None, 100_000)
         io_weight = r.read(_j(target, "io.weight"), parse.parse_io_weight, optional=True)
         bfq = r.read(_j(target, "io.bfq.weight"), parse.parse_io_weight, optional=True)
+        io_max = r.read(_j(target, "io.max"), parse.parse_io_max, optional=True) or {}
+        if io_weight is not None:
+            per_dev = r.read(_j(target, "io.weight"), parse.parse_device_values) or {}
+            devices = tuple(
+                DeviceWeight(mj, mn, io_to_blkio_weight(w))
+                for (mj, mn), w in sorted(per_dev.items())
+            )
+        else:
+            per_dev = r.read(_j(target, "io.bfq.weight"), parse.parse_device_values, True) or {}
+            devices = tuple(DeviceWeight(mj, mn, w) for (mj, mn), w in sorted(per_dev.items()))
+        cpus = r.read(_j(target, "cpuset.cpus"), str.strip, optional=True)
+        mems = r.read(_j(target, "cpuset.mems"), str.strip, optional=True)
         return Limits(
             memory_max=r.read(_j(target, "memory.max"), parse.parse_limit),
             swap_max=r.read(_j(target, "memory.swap.max"), parse.parse_limit, optional=True),
@@ -190,6 +315,16 @@ class V2Manager:
             cpu_weight=r.read(_j(target, "cpu.weight"), parse.parse_int),
             pids_max=r.read(_j(target, "pids.max"), parse.parse_limit),
             io_weight=io_to_blkio_weight(io_weight) if io_weight is not None else bfq,
+            io_weight_devices=devices,
+            io_throttle=tuple(
+                IoThrottle(mj, mn, v.get("rbps"), v.get("wbps"), v.get("riops"), v.get("wiops"))
+                for (mj, mn), v in sorted(io_max.items())
+            ),
+            memory_low=r.read(_j(target, "memory.low"), parse.parse_limit, optional=True) or None,
+            memory_high=r.read(_j(target, "memory.high"), parse.parse_limit, optional=True),
+            oom_group=r.read(_j(target, "memory.oom.group"), parse.parse_int, optional=True) == 1,
+            cpuset_cpus=cpus or None,
+            cpuset_mems=mems or None,
         )
 
     def _require(self, name: str) -> str:

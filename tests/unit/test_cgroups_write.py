@@ -58,7 +58,7 @@ def test_v2_create_writes_every_limit_and_enables_controllers_top_down(v2_root: 
         ),
     )
     web = "nsvisor/web/"
-    assert read(v2_root, "cgroup.subtree_control") == "+cpu +io +memory +pids"
+    assert read(v2_root, "cgroup.subtree_control") == "+cpu +cpuset +io +memory +pids"
     assert read(v2_root, "nsvisor/cgroup.subtree_control") == "+cpu +io +memory +pids"
     assert read(v2_root, web + "memory.max") == str(64 << 20)
     assert read(v2_root, web + "memory.swap.max") == "0"
