@@ -170,6 +170,9 @@ def run_raw(
     for attr in ("read_only", "auto_remove"):
         if getattr(args, attr):
             raw[attr] = True
+    for attr in ("tty", "interactive"):
+        if getattr(args, attr, False):
+            raw[attr] = True
     for opt in getattr(args, "log_opt", None) or []:
         key, sep, value = opt.partition("=")
         if not sep or key not in _LOG_OPTS:
@@ -358,6 +361,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     raw = run_raw(args)
     body = {"spec": raw, "start": True}
     client = _client(args)
+    if (args.tty or args.interactive) and not args.detach:
+        # Docker's order: create, attach, start (the attach starts it), so
+        # the first output and the first input are not missed.
+        _, reply = client.request("POST", "/v1/containers", {"spec": raw, "start": False})
+        created = str(reply.get("name") if isinstance(reply, dict) else raw.get("name", ""))
+        return _attach(args, created, start=True)
     if args.detach:
         _, reply = client.request("POST", "/v1/containers", body)
         name = reply.get("name") if isinstance(reply, dict) else None
@@ -429,6 +438,37 @@ def _run_attached(client: Client, body: Mapping[str, Any]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     raise CliError("nsvisor: the daemon closed the stream before the container exited")
+
+
+def _attach(args: argparse.Namespace, name: str, *, start: bool) -> int:
+    from supervisor.attachclient import DETACHED, AttachFailed, run_attach
+
+    try:
+        code = run_attach(
+            args.socket,
+            name,
+            stdin=not getattr(args, "no_stdin", False),
+            start=start,
+            detach_keys=args.detach_keys,
+        )
+    except ValueError as exc:  # --detach-keys
+        raise CliError(f"nsvisor: --detach-keys: {exc}", 2) from None
+    except AttachFailed as exc:
+        raise CliError(f"nsvisor: {exc}", 125 if start and exc.code == 1 else exc.code) from None
+    except KeyboardInterrupt:
+        code = DETACHED
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        from supervisor.client import DaemonUnreachable
+
+        raise DaemonUnreachable(args.socket) from exc
+    if code == DETACHED:
+        _err(f"\r\nnsvisor: detached from {name}; it keeps running (nsvisor attach {name})\r\n")
+        return 0
+    return code
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    return _attach(args, args.name, start=False)
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -643,6 +683,19 @@ def cmd_rootfs(args: argparse.Namespace) -> int:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("-d", "--detach", action="store_true", help="run in the background and print the name")
+    a("-i", "--interactive", action="store_true", help="keep stdin open and pass it to the command")
+    a(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="give the command a terminal (kept by the container)",
+    )
+    a(
+        "--detach-keys",
+        default="ctrl-p,ctrl-q",
+        metavar="KEYS",
+        help="keys that detach from a -it container (default ctrl-p,ctrl-q)",
+    )
     a("--rm", dest="auto_remove", action="store_true", help="remove the container when it exits")
     a("--name", help="container name (default: generated)")
     a(
@@ -735,6 +788,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--workdir", help="working directory (default: the container's)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    p = add("attach", cmd_attach, "attach to a running container's terminal or output")
+    p.add_argument(
+        "--detach-keys",
+        default="ctrl-p,ctrl-q",
+        metavar="KEYS",
+        help="keys that detach (default ctrl-p,ctrl-q)",
+    )
+    p.add_argument("--no-stdin", action="store_true", help="do not pass stdin to the container")
+    p.add_argument("name", metavar="NAME")
 
     add("reload", cmd_reload, "re-read the daemon's config file (as SIGHUP)")
 

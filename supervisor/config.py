@@ -73,6 +73,8 @@ RAW_KEYS: tuple[str, ...] = (
     "cap_add",
     "cap_drop",
     "auto_remove",
+    "tty",
+    "interactive",
     "health_cmd",
     "health_interval",
     "health_timeout",
@@ -197,6 +199,9 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ()
     capabilities: frozenset[str] = frozenset()  # the final set (effective_caps)
     auto_remove: bool = False
+    # run -t / -i: a pty kept by the monitor / stdin kept open for attach.
+    tty: bool = False
+    interactive: bool = False
     health: HealthCheck | None = None
     log_max_size_bytes: int | None = None  # None = no rotation (Docker's default)
     log_max_files: int = 1  # files kept, the current one included (Docker's max-file)
@@ -262,6 +267,10 @@ class ContainerSpec:
         raw["cap_add"] = list(self.cap_add)
         raw["cap_drop"] = list(self.cap_drop)
         raw["auto_remove"] = self.auto_remove
+        if self.tty:
+            raw["tty"] = True
+        if self.interactive:
+            raw["interactive"] = True
         if self.health is not None:
             h = self.health
             raw["health_cmd"] = list(h.command)
@@ -914,6 +923,8 @@ def validate_container(
         )
 
     health = _validate_health(c, restart)
+    tty = c.get("tty", _bool, False)
+    interactive = c.get("interactive", _bool, False)
     log_max_size = c.get("log_max_size", parse_size, None)
     if log_max_size == 0:
         log_max_size = None
@@ -1014,6 +1025,8 @@ def validate_container(
         cap_drop=tuple(caps["cap_drop"]),
         capabilities=effective_caps(caps["cap_add"], caps["cap_drop"]),
         auto_remove=auto_remove,
+        tty=tty,
+        interactive=interactive,
         health=health,
         log_max_size_bytes=log_max_size,
         log_max_files=log_max_files or 1,

@@ -14,6 +14,7 @@ Routes (all under /v1):
   GET    /events
   POST   /reload                       re-read the config file (as SIGHUP)
   WS     /containers/NAME/exec         websocket: exec (see _exec_session)
+  WS     /containers/NAME/attach       websocket: attach (supervisor.daemon.attach)
 Errors: {"error": str, "problems": [{"field", "message"}]} with 400 (bad
 input), 404 (no such container), 409 (state conflict), 500 (kernel/launch).
 """
@@ -133,8 +134,16 @@ class Api:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] == "websocket":
-            match = re.match(r"/v1/containers/(?P<name>[^/]+)/exec$", scope["path"])
-            await self._websocket(scope, receive, send, match.group("name") if match else None)
+            match = re.match(
+                r"/v1/containers/(?P<name>[^/]+)/(?P<kind>exec|attach)$", scope["path"]
+            )
+            await self._websocket(
+                scope,
+                receive,
+                send,
+                match.group("name") if match else None,
+                match.group("kind") if match else "exec",
+            )
             return
         if scope["type"] != "http":
             return
@@ -291,7 +300,7 @@ class Api:
     # ---- exec over a websocket ----------------------------------------------
 
     async def _websocket(
-        self, scope: Scope, receive: Receive, send: Send, name: str | None
+        self, scope: Scope, receive: Receive, send: Send, name: str | None, kind: str = "exec"
     ) -> None:
         msg = await receive()
         if msg["type"] != "websocket.connect":
@@ -301,7 +310,12 @@ class Api:
             return
         await send({"type": "websocket.accept"})
         try:
-            await _exec_session(self.m, name, receive, send)
+            if kind == "attach":
+                from supervisor.daemon.attach import attach_session
+
+                await attach_session(self.m, name, receive, send, self._discard)
+            else:
+                await _exec_session(self.m, name, receive, send)
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1000})

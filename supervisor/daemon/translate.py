@@ -4,6 +4,8 @@ others."""
 
 from __future__ import annotations
 
+import os
+
 from supervisor.cgroups import CgroupManager, Limits
 from supervisor.config import ContainerSpec
 from supervisor.runtime.spec import LaunchSpec, Mount, Namespaces
@@ -67,4 +69,7 @@ def launch_spec_for(
         exit_path=exit_path,
         log_max_size=spec.log_max_size_bytes,
         log_max_files=spec.log_max_files,
+        tty=spec.tty,
+        stdin=spec.interactive,
+        attach_path=os.path.join(os.path.dirname(log_path), "attach.sock"),
     )

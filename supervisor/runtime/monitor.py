@@ -16,11 +16,12 @@ import os
 import select
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import NoReturn
 
-from supervisor.runtime import linux
+from supervisor.runtime import console, linux
 from supervisor.runtime.spec import LaunchSpec
 from supervisor.runtime.workload import exec_workload
 
@@ -31,6 +32,139 @@ MAX_LINE = 16 * 1024
 DRAIN_TIMEOUT_S = 1.0
 # After SIGKILL, how long to wait for the last processes before giving up.
 KILL_TIMEOUT_S = 10.0
+
+# --- attach ------------------------------------------------------------------
+#
+# The monitor listens on spec.attach_path (a Unix socket, 0600, in the
+# container's state directory) for the daemon's attach connections. Frames both
+# ways: 1 byte type, 4 bytes big-endian length, payload. Internal to the
+# daemon and the monitor (the CLI speaks websockets to the daemon).
+#   monitor -> client: b"1" stdout bytes, b"2" stderr bytes (a pty is "1")
+#   client -> monitor: b"i" input, b"r" resize (struct "!HH" rows, cols),
+#                      b"e" end of input (closes the workload's stdin pipe)
+# Every client gets every output chunk; with a tty a new client first gets the
+# last REPLAY_BYTES of output (the prompt, the screen). A client whose unsent
+# output exceeds CLIENT_BUFFER is dropped: a slow client never blocks the
+# container, the log or the other clients.
+FRAME = struct.Struct("!cI")
+CLIENT_BUFFER = 1 << 20
+REPLAY_BYTES = 64 * 1024
+# Input waiting for the workload to read it: beyond this, clients are not
+# read (their sockets fill up: backpressure, nothing is dropped).
+INPUT_BUFFER = 256 * 1024
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return FRAME.pack(kind, len(payload)) + payload
+
+
+def parse_frames(buf: bytearray) -> list[tuple[bytes, bytes]]:
+    """Complete frames at the start of buf (consumed); a partial one stays."""
+    out: list[tuple[bytes, bytes]] = []
+    while len(buf) >= FRAME.size:
+        kind, length = FRAME.unpack_from(buf)
+        if len(buf) < FRAME.size + length:
+            break
+        out.append((kind, bytes(buf[FRAME.size : FRAME.size + length])))
+        del buf[: FRAME.size + length]
+    return out
+
+
+class _Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+
+
+class AttachServer:
+    """The monitor's side of attach: no threads, driven by Monitor.run's poll."""
+
+    def __init__(self, path: str, tty: bool) -> None:
+        self.path = path
+        self.tty = tty
+        self.replay = bytearray()
+        self.clients: dict[int, _Client] = {}
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # Bound by its basename from its directory: the absolute path can be
+        # longer than sun_path's 108 bytes (deep state directories).
+        directory, base = os.path.split(path)
+        old_umask = os.umask(0o177)
+        try:
+            os.chdir(directory or ".")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(base)
+            self.listener.bind(base)
+        finally:
+            os.umask(old_umask)
+            os.chdir("/")
+        self.listener.listen(16)
+        self.listener.setblocking(False)
+
+    def accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        client = _Client(sock)
+        if self.tty and self.replay:
+            client.outbuf += frame(b"1", bytes(self.replay))
+        self.clients[sock.fileno()] = client
+        self.flush(client)
+
+    def drop(self, client: _Client) -> None:
+        self.clients.pop(client.sock.fileno(), None)
+        client.sock.close()
+
+    def flush(self, client: _Client) -> None:
+        try:
+            while client.outbuf:
+                sent = client.sock.send(client.outbuf, socket.MSG_NOSIGNAL)
+                del client.outbuf[:sent]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.drop(client)
+
+    def broadcast(self, stream: str, data: bytes) -> None:
+        if self.tty:
+            self.replay += data
+            if len(self.replay) > REPLAY_BYTES:
+                del self.replay[: len(self.replay) - REPLAY_BYTES]
+        payload = frame(b"1" if stream == "stdout" else b"2", data)
+        for client in list(self.clients.values()):
+            client.outbuf += payload
+            if len(client.outbuf) > CLIENT_BUFFER:
+                self.drop(client)  # too slow: never let it hold the others up
+            else:
+                self.flush(client)
+
+    def receive(self, client: _Client) -> list[tuple[bytes, bytes]]:
+        try:
+            data = client.sock.recv(65536)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(client)
+            return []
+        client.inbuf += data
+        return parse_frames(client.inbuf)
+
+    def close(self) -> None:
+        """At exit: the last output to every client (briefly), then EOF."""
+        for client in list(self.clients.values()):
+            with contextlib.suppress(OSError):
+                client.sock.settimeout(1.0)
+                client.sock.sendall(client.outbuf, socket.MSG_NOSIGNAL)
+            client.sock.close()
+        self.clients.clear()
+        self.listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
 
 # Never forwarded: SIGCHLD is ours; fault signals are about the monitor itself
 # and keep their default action (tini's list).
@@ -222,6 +356,12 @@ class Monitor:
         self.workload_pid = 0
         self.status: int | None = None
         self.started_at = time.time()
+        self.console: socket.socket | None = None
+        self.stdin_w: int | None = None  # the workload's stdin pipe (spec.stdin, no tty)
+        self.master: int | None = None  # the pty master (spec.tty)
+        self.attach: AttachServer | None = None
+        self.pending_input = bytearray()
+        self.input_eof = False
 
     # -- set-up ---------------------------------------------------------------
 
@@ -252,20 +392,41 @@ class Monitor:
 
     def _spawn_workload(self) -> tuple[int, int, int]:
         """Fork the workload; returns (stdout read end, stderr read end, error
-        pipe read end)."""
+        pipe read end). With spec.stdin (and no tty) self.stdin_w is the write
+        end of the workload's stdin; with spec.tty self.console is the socket
+        the pty master arrives on."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
+        stdin_r: int | None = None
+        console_theirs: socket.socket | None = None
+        if self.spec.tty:
+            self.console, console_theirs = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+            )
+        elif self.spec.stdin:
+            stdin_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
         # Blocked around fork so no signal runs a Python handler in the child
         # before it has put the default dispositions back.
         old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         pid = os.fork()
         if pid == 0:
-            exec_workload(self.spec, exec_w, out_w, err_w)
+            exec_workload(
+                self.spec,
+                exec_w,
+                out_w,
+                err_w,
+                stdin_fd=stdin_r,
+                console_fd=console_theirs.fileno() if console_theirs is not None else None,
+            )
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.workload_pid = pid
         for fd in (out_w, err_w, exec_w):
             os.close(fd)
+        if stdin_r is not None:
+            os.close(stdin_r)
+        if console_theirs is not None:
+            console_theirs.close()
         return out_r, err_r, exec_r
 
     def _read_exec_result(self, exec_r: int) -> tuple[int, str | None]:
@@ -318,10 +479,22 @@ class Monitor:
         log_fd = open_log(self.spec.log_path)
         oom_before = read_oom_kill(self.spec.oom_kill_file)
         wake_r = self._setup_signals()
+        if self.spec.attach_path is not None:
+            # Before the workload starts: once "started" is reported, the
+            # daemon may connect.
+            self.attach = AttachServer(self.spec.attach_path, self.spec.tty)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked by the intermediate
         out_r, err_r, exec_r = self._spawn_workload()
         host_pid, error = self._read_exec_result(exec_r)
         self.started_at = time.time()
+        if self.console is not None:
+            self.master = console.receive_master(self.console)
+            self.console.close()
+            self.console = None
+            if self.master is not None:
+                os.set_blocking(self.master, False)
+        if self.stdin_w is not None:
+            os.set_blocking(self.stdin_w, False)
         if error is None:
             _send_event(
                 self.sock,
@@ -338,9 +511,8 @@ class Monitor:
             max_files=self.spec.log_max_files,
         )
         streams = {out_r: "stdout", err_r: "stderr"}
-        poller = select.poll()
-        for fd in (wake_r, out_r, err_r):
-            poller.register(fd, select.POLLIN)
+        if self.master is not None:
+            streams[self.master] = "stdout"
         deadline: float | None = None
         phase = "running"  # -> "terminating" -> "killing" -> "draining"
         while True:
@@ -353,7 +525,7 @@ class Monitor:
             if phase == "draining" and not streams:
                 break
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-            for fd, _ in poller.poll(timeout):
+            for fd, events in self._poller(wake_r, streams).poll(timeout):
                 if fd == wake_r:
                     try:
                         signals = os.read(wake_r, 4096)
@@ -364,13 +536,41 @@ class Monitor:
                             with contextlib.suppress(OSError):
                                 os.kill(self.workload_pid, sig)
                     continue
-                chunk = os.read(fd, 65536)
+                if self.attach is not None and fd == self.attach.listener.fileno():
+                    self.attach.accept()
+                    continue
+                if self.attach is not None and fd in self.attach.clients:
+                    client = self.attach.clients[fd]
+                    if events & select.POLLOUT:
+                        self.attach.flush(client)
+                    if events & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                        for kind, payload in self.attach.receive(client):
+                            self._client_frame(kind, payload)
+                    continue
+                if events & select.POLLOUT and fd == self._input_target():
+                    self._write_input()
+                if fd not in streams or not events & (
+                    select.POLLIN | select.POLLHUP | select.POLLERR
+                ):
+                    continue
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:  # EIO: a pty master once no slave is open
+                    chunk = b""
                 if chunk:
                     log.feed(streams[fd], chunk)
+                    if self.attach is not None:
+                        self.attach.broadcast(streams[fd], chunk)
                 else:
                     log.flush(streams.pop(fd))
-                    poller.unregister(fd)
+                    if fd == self.master:
+                        self.master = None
                     os.close(fd)
+            if self.input_eof and not self.pending_input and self.stdin_w is not None:
+                os.close(self.stdin_w)
+                self.stdin_w = None
             if phase in ("draining",):
                 continue
             none_left = self._reap()
@@ -382,15 +582,83 @@ class Monitor:
         for stream in ("stdout", "stderr"):
             log.flush(stream)
         os.close(log.fd)
+        if self.stdin_w is not None:
+            os.close(self.stdin_w)
+        if self.master is not None:
+            os.close(self.master)
 
         status = self.status if self.status is not None else 0xFF00  # exit 255: lost
         record = exit_record(
             status, oom_before, read_oom_kill(self.spec.oom_kill_file), self.started_at, time.time()
         )
         write_atomic(self.spec.exit_path, json.dumps(record).encode() + b"\n")
+        if self.attach is not None:
+            # After the exit file: a client that sees EOF finds the exit code.
+            self.attach.close()
         code = record["exit_code"]
         assert isinstance(code, int)
         return code
+
+    # -- attach ---------------------------------------------------------------
+
+    def _input_target(self) -> int | None:
+        if self.spec.tty:
+            return self.master if self.spec.stdin else None
+        return self.stdin_w
+
+    def _poller(self, wake_r: int, streams: dict[int, str]) -> select.poll:
+        """Built afresh each turn: a handful of fds, and the interest in each
+        changes with the buffers."""
+        interest: dict[int, int] = {wake_r: select.POLLIN}
+        for fd in streams:
+            interest[fd] = select.POLLIN
+        target = self._input_target()
+        if target is not None and self.pending_input:
+            interest[target] = interest.get(target, 0) | select.POLLOUT
+        if self.attach is not None:
+            interest[self.attach.listener.fileno()] = select.POLLIN
+            reading = len(self.pending_input) < INPUT_BUFFER
+            for fd, client in self.attach.clients.items():
+                mask = (select.POLLIN if reading else 0) | (select.POLLOUT if client.outbuf else 0)
+                interest[fd] = mask or select.POLLHUP
+        poller = select.poll()
+        for fd, mask in interest.items():
+            poller.register(fd, mask)
+        return poller
+
+    def _client_frame(self, kind: bytes, payload: bytes) -> None:
+        if kind == b"i":
+            if self._input_target() is not None and not self.input_eof:
+                self.pending_input += payload
+                self._write_input()
+        elif kind == b"r" and self.master is not None and len(payload) == 4:
+            rows, cols = struct.unpack("!HH", payload)
+            with contextlib.suppress(OSError):
+                console.set_size(self.master, rows, cols)
+        elif kind == b"e" and not self.spec.tty:
+            self.input_eof = True
+
+    def _write_input(self) -> None:
+        target = self._input_target()
+        if target is None or not self.pending_input:
+            return
+        # A write to a pipe whose reader is gone raises SIGPIPE: blocked
+        # around the write and consumed, so it is not forwarded to the workload.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+        try:
+            written = os.write(target, self.pending_input)
+            del self.pending_input[:written]
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE/EIO: nobody reads the input any more
+            self.pending_input.clear()
+            if target == self.stdin_w:
+                os.close(target)
+                self.stdin_w = None
+        finally:
+            if signal.SIGPIPE in signal.sigpending():
+                signal.sigtimedwait({signal.SIGPIPE}, 0)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _noop(signum: int, frame: object) -> None:

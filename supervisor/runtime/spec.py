@@ -105,6 +105,13 @@ class LaunchSpec:
     # None = no rotation; max_files counts the current file.
     log_max_size: int | None = None
     log_max_files: int = 1
+    # Interactive use (supervisor.runtime.monitor): tty = a pty from the
+    # container's devpts, its master kept by the monitor; stdin = the
+    # workload's stdin is a pipe the monitor keeps open for attach clients;
+    # attach_path = the monitor's Unix socket for attach clients (None: none).
+    tty: bool = False
+    stdin: bool = False
+    attach_path: str | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []

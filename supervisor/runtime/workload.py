@@ -28,6 +28,7 @@ from typing import NoReturn
 
 from supervisor.runtime import linux
 from supervisor.runtime.caps import CAPABILITIES
+from supervisor.runtime.console import CONSOLE_FD, setup_console
 from supervisor.runtime.spec import LaunchSpec
 
 # Exit codes as Docker uses them: 125 the runtime failed, 126 the command could
@@ -407,6 +408,7 @@ WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
     ("bring up lo", _network),
     ("set hostname", _hostname),
     ("set up mounts", _mounts),
+    ("set up the console", setup_console),
     ("chdir", _chdir),
     ("drop privileges", _privileges),
 )
@@ -446,10 +448,20 @@ def _report(errfd: int, text: str) -> None:
         data = data[os.write(errfd, data) :]
 
 
-def exec_workload(spec: LaunchSpec, errfd: int, stdout_fd: int, stderr_fd: int) -> NoReturn:
+def exec_workload(
+    spec: LaunchSpec,
+    errfd: int,
+    stdout_fd: int,
+    stderr_fd: int,
+    *,
+    stdin_fd: int | None = None,
+    console_fd: int | None = None,
+) -> NoReturn:
     """Set up the container around this process and exec the command.
     Signals must be blocked by the caller around the fork (they are unblocked
-    here once the dispositions are back to default)."""
+    here once the dispositions are back to default). stdin_fd: the workload's
+    stdin (default /dev/null); console_fd: the socket the pty master goes to
+    with spec.tty (supervisor.runtime.console)."""
     code = EXIT_SETUP_FAILED
     try:
         signal.set_wakeup_fd(-1)
@@ -462,13 +474,17 @@ def exec_workload(spec: LaunchSpec, errfd: int, stdout_fd: int, stderr_fd: int) 
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.setsid()
         # stdio first, then nothing of the monitor's survives but the error pipe.
+        if console_fd is not None:  # out of the way of the dup2s below
+            console_fd = fcntl.fcntl(console_fd, fcntl.F_DUPFD_CLOEXEC, 100)
         devnull = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(devnull, 0)
+        os.dup2(devnull if stdin_fd is None else stdin_fd, 0)
         os.dup2(stdout_fd, 1)
         os.dup2(stderr_fd, 2)
         os.dup2(errfd, 3, inheritable=False)
         errfd = 3
-        linux.close_range(4)
+        if console_fd is not None:
+            os.dup2(console_fd, CONSOLE_FD, inheritable=False)
+        linux.close_range(CONSOLE_FD + 1 if console_fd is not None else 4)
         _report(errfd, f"P{os.readlink('/proc/self')}\n")
         for step, fn in WORKLOAD_STEPS:
             try:
