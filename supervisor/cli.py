@@ -39,6 +39,7 @@ _FIELD_OPTIONS: dict[str, str] = {
     "volumes": "--volume",
     "auto_remove": "--rm",
     "io_weight": "--blkio-weight",
+    "ulimits": "--ulimit",
 }
 
 # run options -> raw keys; the value is taken as given (strings), numbers are
@@ -56,6 +57,13 @@ _RUN_SCALARS: tuple[tuple[str, str], ...] = (
     ("cpu_weight", "cpu_weight"),
     ("pids_limit", "pids_limit"),
     ("io_weight", "io_weight"),
+    ("cpu_period", "cpu_period"),
+    ("cpu_quota", "cpu_quota"),
+    ("cpuset_cpus", "cpuset_cpus"),
+    ("cpuset_mems", "cpuset_mems"),
+    ("memory_reservation", "memory_reservation"),
+    ("memory_high", "memory_high"),
+    ("oom_score_adj", "oom_score_adj"),
     ("restart", "restart"),
     ("stop_signal", "stop_signal"),
     ("stop_timeout", "stop_timeout"),
@@ -84,6 +92,9 @@ _NUMERIC = {
     "cpu_weight",
     "pids_limit",
     "io_weight",
+    "cpu_period",
+    "cpu_quota",
+    "oom_score_adj",
     "backoff_factor",
     "stop_timeout",
     "health_retries",
@@ -163,6 +174,7 @@ def run_raw(
                 v = os.path.normpath(os.path.join(cwd, src)) + sep + rest
             volumes.append(v)
         raw["volumes"] = volumes
+    raw.update(limit_lists(args))
     for attr in ("tmpfs", "cap_add", "cap_drop"):
         value = getattr(args, attr)
         if value is not None:
@@ -182,6 +194,62 @@ def run_raw(
             )
         raw[_LOG_OPTS[key]] = _number_or_text(value) if key == "max-file" else value
     return raw
+
+
+# Repeatable DEVICE:VALUE / NAME=SOFT:HARD options and on/off flags of the
+# resource limits (issue 9): argparse dest -> raw key.
+_LIMIT_LISTS = (
+    ("blkio_weight_device", "blkio_weight_device"),
+    ("device_read_bps", "device_read_bps"),
+    ("device_write_bps", "device_write_bps"),
+    ("device_read_iops", "device_read_iops"),
+    ("device_write_iops", "device_write_iops"),
+    ("ulimit", "ulimits"),
+)
+_LIMIT_FLAGS = ("oom_kill_disable", "oom_group")
+
+
+def limit_lists(args: argparse.Namespace) -> dict[str, Any]:
+    """The repeatable limit options and flags the user gave, as raw keys."""
+    raw: dict[str, Any] = {}
+    for attr, key in _LIMIT_LISTS:
+        value = getattr(args, attr, None)
+        if value is not None:
+            raw[key] = list(value)
+    for attr in _LIMIT_FLAGS:
+        if getattr(args, attr, False):
+            raw[attr] = True
+    return raw
+
+
+def update_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """The raw keys `update` sends: only the options given."""
+    raw: dict[str, Any] = {}
+    for attr, key in _RUN_SCALARS:
+        value = getattr(args, attr, None)
+        if value is not None and key in _UPDATE_SCALARS:
+            raw[key] = _number_or_text(value) if key in _NUMERIC else value
+    raw.update(limit_lists(args))
+    return raw
+
+
+_UPDATE_SCALARS = frozenset(
+    {
+        "memory",
+        "memory_swap",
+        "memory_reservation",
+        "memory_high",
+        "cpus",
+        "cpu_quota",
+        "cpu_period",
+        "cpu_shares",
+        "cpu_weight",
+        "cpuset_cpus",
+        "cpuset_mems",
+        "pids_limit",
+        "io_weight",
+    }
+)
 
 
 def human_duration(seconds: float) -> str:
@@ -638,6 +706,27 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    """Change the limits of containers in place (docker update)."""
+    from supervisor.client import ApiError
+
+    raw = update_raw(args)
+    if not raw:
+        raise CliError("nsvisor update: give at least one limit to change, e.g. --memory 64m", 2)
+    client = _client(args)
+    code = 0
+    for name in args.names:
+        try:
+            client.request("POST", _container_path(name, "update"), {"spec": raw})
+        except ApiError as exc:
+            text, rc = _api_error_text(exc, name)
+            _err(text)
+            code = max(code, rc)
+        else:
+            _out(name + "\n")
+    return code
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from supervisor.config import load_config
     from supervisor.errors import ConfigError
@@ -715,6 +804,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     a("--cpu-weight", help="cgroup v2 CPU weight (1..10000)")
     a("--pids-limit", help="maximum number of processes (-1 = unlimited)")
     a("--blkio-weight", "--io-weight", dest="io_weight", help="block I/O weight (10..1000)")
+    _add_limit_options(p)
+    a("--oom-score-adj", help="the OOM killer's preference for the workload (-1000..1000)")
+    a(
+        "--ulimit",
+        action="append",
+        metavar="NAME=SOFT[:HARD]",
+        help="a process limit, e.g. nofile=1024:2048 (repeatable; Docker's names)",
+    )
     a("--restart", help="no, on-failure[:N], always, unless-stopped")
     a("-v", "--volume", action="append", metavar="SRC:DST[:ro|rw]", help="bind mount (repeatable)")
     a("--tmpfs", action="append", metavar="DST[:OPTS]", help="tmpfs mount, e.g. /run:size=64m")
@@ -746,6 +843,38 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     a("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the program and its arguments")
 
 
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """The resource limits `run` and `update` share (beyond -m/--cpus/...)."""
+    a = p.add_argument
+    for kind, what in (("read", "read"), ("write", "write")):
+        a(
+            f"--device-{kind}-bps",
+            action="append",
+            metavar="DEVICE:RATE",
+            help=f"limit {what} bytes/s from a block device, e.g. /dev/sda:10mb (repeatable)",
+        )
+        a(
+            f"--device-{kind}-iops",
+            action="append",
+            metavar="DEVICE:IOPS",
+            help=f"limit {what} operations/s on a block device, e.g. /dev/sda:100 (repeatable)",
+        )
+    a(
+        "--blkio-weight-device",
+        action="append",
+        metavar="DEVICE:WEIGHT",
+        help="block I/O weight for one device, e.g. /dev/sda:200 (repeatable)",
+    )
+    a("--cpuset-cpus", help="CPUs the container may run on, e.g. 0-1,3")
+    a("--cpuset-mems", help="memory nodes the container may use, e.g. 0")
+    a("--cpu-period", help="CFS period in microseconds (with --cpu-quota)")
+    a("--cpu-quota", help="CFS quota in microseconds per period (an alternative to --cpus)")
+    a("--memory-reservation", help="soft memory limit, e.g. 32m (memory.low on v2)")
+    a("--memory-high", help="memory throttling limit, e.g. 48m (cgroup v2 memory.high)")
+    a("--oom-kill-disable", action="store_true", help="disable the OOM killer (cgroup v1 only)")
+    a("--oom-group", action="store_true", help="on OOM kill the whole container (cgroup v2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nsvisor", description="A container supervisor on Linux namespaces and cgroups."
@@ -766,6 +895,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     _add_run_options(add("run", cmd_run, "create and start a container"))
+
+    p = add("update", cmd_update, "change the resource limits of containers in place")
+    p.add_argument("-m", "--memory", help="memory limit, e.g. 64m")
+    p.add_argument("--memory-swap", help="memory + swap limit; -1 = unlimited swap")
+    p.add_argument("--cpus", help="number of CPUs, e.g. 0.5")
+    p.add_argument("-c", "--cpu-shares", help="relative CPU weight (2..262144)")
+    p.add_argument("--cpu-weight", help="cgroup v2 CPU weight (1..10000)")
+    p.add_argument("--pids-limit", help="maximum number of processes (-1 = unlimited)")
+    p.add_argument("--blkio-weight", dest="io_weight", help="block I/O weight (10..1000)")
+    _add_limit_options(p)
+    p.add_argument("names", nargs="+", metavar="NAME")
 
     p = add("ps", cmd_ps, "list containers")
     p.add_argument("-a", "--all", action="store_true", help="show stopped containers too")

@@ -32,8 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from supervisor.cgroups import options as limit_options
+from supervisor.cgroups.options import DeviceLimit
 from supervisor.errors import ConfigError, Problem
 from supervisor.policy import Backoff, RestartPolicy, parse_restart_policy
+from supervisor.runtime import rlimits
 from supervisor.runtime.caps import effective_caps, normalize_cap
 from supervisor.units import parse_duration, parse_signal, parse_size, signal_name
 
@@ -55,6 +58,21 @@ RAW_KEYS: tuple[str, ...] = (
     "cpu_weight",
     "pids_limit",
     "io_weight",
+    "blkio_weight_device",
+    "device_read_bps",
+    "device_write_bps",
+    "device_read_iops",
+    "device_write_iops",
+    "cpu_period",
+    "cpu_quota",
+    "cpuset_cpus",
+    "cpuset_mems",
+    "memory_reservation",
+    "memory_high",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "oom_group",
+    "ulimits",
     "restart",
     "backoff_initial",
     "backoff_factor",
@@ -97,7 +115,7 @@ _KEY_HINTS: dict[str, str] = {
     "mem_limit": "did you mean memory?",
     "memswap_limit": "did you mean memory_swap?",
     "blkio_weight": "did you mean io_weight?",
-    "cpu_quota": "did you mean cpus? (cpus = 1.5 sets the CFS quota)",
+    "ulimit": 'did you mean ulimits? (ulimits = ["nofile=1024:2048"])',
     "rm": "did you mean auto_remove?",
     "privileged": 'not supported; grant capabilities with cap_add = ["ALL"] if you must',
     "healthcheck": "write the health check as health_cmd, health_interval, health_timeout, health_retries, health_start_period",
@@ -184,6 +202,20 @@ class ContainerSpec:
     cpu_weight: int | None = None  # cgroup v2 cpu.weight (1..10000)
     pids_limit: int | None = None  # None = unlimited
     io_weight: int | None = None  # 10..1000 (blkio.weight / io.weight)
+    # Issue 9: per-device I/O (path as given + major:minor + bytes/s, IO/s or weight).
+    io_weight_devices: tuple[DeviceLimit, ...] = ()
+    device_read_bps: tuple[DeviceLimit, ...] = ()
+    device_write_bps: tuple[DeviceLimit, ...] = ()
+    device_read_iops: tuple[DeviceLimit, ...] = ()
+    device_write_iops: tuple[DeviceLimit, ...] = ()
+    cpuset_cpus: str | None = None  # normalised list, e.g. "0-1,3"
+    cpuset_mems: str | None = None
+    memory_reservation_bytes: int | None = None  # v2 memory.low, v1 soft limit
+    memory_high_bytes: int | None = None  # v2 memory.high
+    oom_kill_disable: bool = False
+    oom_score_adj: int | None = None
+    oom_group: bool = False
+    ulimits: tuple[rlimits.Ulimit, ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     backoff: Backoff = field(default_factory=Backoff)
     mounts: tuple[Mount, ...] = ()
@@ -219,6 +251,40 @@ class ContainerSpec:
             return None
         return self.cpu_quota_us / self.cpu_period_us
 
+    def _limits_raw(self) -> dict[str, Any]:
+        """The issue-9 limits in raw form (only those set)."""
+        raw: dict[str, Any] = {}
+        fmt: dict[str, Callable[[int], str]] = {
+            "blkio_weight_device": str,
+            "device_read_bps": limit_options.format_rate,
+            "device_write_bps": limit_options.format_rate,
+            "device_read_iops": str,
+            "device_write_iops": str,
+        }
+        for key, fmt_value in fmt.items():
+            attr = "io_weight_devices" if key == "blkio_weight_device" else key
+            items: tuple[DeviceLimit, ...] = getattr(self, attr)
+            if items:
+                raw[key] = [f"{d.path}:{fmt_value(d.value)}" for d in items]
+        for key, value in (
+            ("cpuset_cpus", self.cpuset_cpus),
+            ("cpuset_mems", self.cpuset_mems),
+            ("memory_reservation", self.memory_reservation_bytes),
+            ("memory_high", self.memory_high_bytes),
+            ("oom_score_adj", self.oom_score_adj),
+        ):
+            if value is not None:
+                raw[key] = value
+        for key, flag in (
+            ("oom_kill_disable", self.oom_kill_disable),
+            ("oom_group", self.oom_group),
+        ):
+            if flag:
+                raw[key] = True
+        if self.ulimits:
+            raw["ulimits"] = [rlimits.format_ulimit(u) for u in self.ulimits]
+        return raw
+
     @property
     def backoff_initial_s(self) -> float:
         return self.backoff.initial_s
@@ -243,12 +309,17 @@ class ContainerSpec:
             total = self.memory_swap_bytes
             raw["memory_swap"] = -1 if total is None else total
         cpus = self.cpus
-        if cpus is not None:
+        if self.cpu_period_us != CPU_PERIOD_US:
+            raw["cpu_period"] = self.cpu_period_us
+            if self.cpu_quota_us is not None:
+                raw["cpu_quota"] = self.cpu_quota_us
+        elif cpus is not None:
             raw["cpus"] = cpus
         for key in ("cpu_shares", "cpu_weight", "pids_limit", "io_weight"):
             value = getattr(self, key)
             if value is not None:
                 raw[key] = value
+        raw.update(self._limits_raw())
         raw["restart"] = str(self.restart)
         raw["backoff_initial"] = self.backoff.initial_s
         raw["backoff_factor"] = self.backoff.factor
@@ -879,6 +950,11 @@ def validate_container(
         return None if n in (0, -1) else int(n)
 
     pids_limit = c.get("pids_limit", parse_pids, None)
+    limits = _validate_limits(c, memory, cpu_quota)
+    if limits["cpu_quota_us"] is not None:
+        cpu_quota = limits.pop("cpu_quota_us")
+    else:
+        limits.pop("cpu_quota_us")
     io_weight = c.get(
         "io_weight",
         _int_in(10, 1000, True, "relative block I/O weight like Docker's --blkio-weight"),
@@ -1006,6 +1082,7 @@ def validate_container(
         memory_bytes=memory,
         swap_bytes=swap_bytes,
         cpu_quota_us=cpu_quota,
+        **limits,
         cpu_shares=cpu_shares,
         cpu_weight=cpu_weight,
         pids_limit=pids_limit,
@@ -1031,6 +1108,108 @@ def validate_container(
         log_max_size_bytes=log_max_size,
         log_max_files=log_max_files or 1,
     )
+
+
+def _device_list(kind: str) -> Callable[[Any], tuple[DeviceLimit, ...]]:
+    example = {"rate": "/dev/sda:10mb", "iops": "/dev/sda:100", "weight": "/dev/sda:200"}[kind]
+
+    def parse(value: Any) -> tuple[DeviceLimit, ...]:
+        items = _str_list(value, f'["{example}"]')
+        result = tuple(limit_options.parse_device_value(item, kind) for item in items)
+        seen: set[tuple[int, int]] = set()
+        for d in result:
+            if (d.major, d.minor) in seen:
+                raise ValueError(f"{d.path} is given twice; give each device once")
+            seen.add((d.major, d.minor))
+        return result
+
+    return parse
+
+
+def _parse_ulimits(value: Any) -> tuple[rlimits.Ulimit, ...]:
+    """["nofile=1024:2048"] or a table {nofile = "1024:2048", nproc = 100}."""
+    if isinstance(value, Mapping):
+        items = [f"{k}={v}" for k, v in value.items()]
+    else:
+        items = _str_list(value, '["nofile=1024:2048"]')
+    parsed = [rlimits.parse_ulimit(item) for item in items]
+    names = [u[0] for u in parsed]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"{name} is given twice; give each ulimit once")
+    return tuple(parsed)
+
+
+def _validate_limits(c: _Checker, memory: int | None, cpu_quota: int | None) -> dict[str, Any]:
+    """The issue-9 limits: ContainerSpec fields by name (plus cpu_quota_us
+    when cpu_quota was given, for the caller)."""
+    raw = c.raw
+    out: dict[str, Any] = {}
+    none: tuple[DeviceLimit, ...] = ()
+    out["io_weight_devices"] = c.get("blkio_weight_device", _device_list("weight"), none)
+    for key in ("device_read_bps", "device_write_bps"):
+        out[key] = c.get(key, _device_list("rate"), none)
+    for key in ("device_read_iops", "device_write_iops"):
+        out[key] = c.get(key, _device_list("iops"), none)
+    out["cpuset_cpus"] = c.get(
+        "cpuset_cpus", lambda v: limit_options.parse_cpuset(str(v), "cpu"), None
+    )
+    out["cpuset_mems"] = c.get(
+        "cpuset_mems", lambda v: limit_options.parse_cpuset(str(v), "node"), None
+    )
+
+    period = c.get(
+        "cpu_period",
+        _int_in(1000, 1_000_000, True, "the CFS period in microseconds, default 100000"),
+        None,
+    )
+    out["cpu_period_us"] = period or CPU_PERIOD_US
+    quota: int | None = None
+    if "cpu_quota" in raw:
+
+        def parse_quota(value: Any) -> int | None:
+            if value in (-1, "-1"):
+                return None
+            return _int_in(1000, 1 << 40, True, "microseconds per period, -1 = none")(value)
+
+        quota = c.get("cpu_quota", parse_quota, None)
+        if quota is not None and "cpus" in raw:
+            c.add("cpu_quota", "is set together with cpus; set one of them (cpus = quota / period)")
+            quota = None
+    elif period is not None and cpu_quota is not None:
+        c.add(
+            "cpu_period",
+            "is set together with cpus, which uses the 100ms period; use cpu_quota with cpu_period instead of cpus",
+        )
+    out["cpu_quota_us"] = quota
+
+    for key, field_name in (
+        ("memory_reservation", "memory_reservation_bytes"),
+        ("memory_high", "memory_high_bytes"),
+    ):
+        value = c.get(key, parse_size, None) or None
+        if value is not None and memory is not None and value > memory:
+            what = (
+                "a reservation is a soft limit below the hard one"
+                if key == "memory_reservation"
+                else "memory_high must be below memory to act before the OOM killer"
+            )
+            c.add(
+                key,
+                f"{_q(raw[key])} is above memory {_q(raw['memory'])}; {what}: lower it or raise memory",
+            )
+            value = None
+        out[field_name] = value
+    out["oom_kill_disable"] = c.get("oom_kill_disable", _bool, False)
+    out["oom_group"] = c.get("oom_group", _bool, False)
+    out["oom_score_adj"] = c.get(
+        "oom_score_adj",
+        _int_in(-1000, 1000, False, "the OOM killer's preference, -1000 = never kill"),
+        None,
+    )
+    no_ulimits: tuple[rlimits.Ulimit, ...] = ()
+    out["ulimits"] = c.get("ulimits", _parse_ulimits, no_ulimits)
+    return out
 
 
 _HEALTH_KEYS = (

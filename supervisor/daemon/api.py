@@ -116,6 +116,7 @@ class Api:
             ("POST", rf"/v1/containers/{n}/restart", self.restart),
             ("POST", rf"/v1/containers/{n}/kill", self.kill),
             ("POST", rf"/v1/containers/{n}/wait", self.wait),
+            ("POST", rf"/v1/containers/{n}/update", self.update),
             ("GET", rf"/v1/containers/{n}/logs", self.logs),
             ("GET", r"/v1/events", self.event_stream),
             ("POST", r"/v1/reload", self.reload),
@@ -235,6 +236,15 @@ class Api:
             async for record in follow_log(logf, stop=run.done):
                 yield record
             yield {"exit_code": run.exit_code, "oom_killed": run.oom_killed}
+
+    async def update(self, req: Request) -> Any:
+        """Body {"spec": {raw keys to change}}: the limits of a container,
+        changed in place while it runs (docker update)."""
+        body = await req.json()
+        if not isinstance(body, dict) or not isinstance(body.get("spec"), dict):
+            raise ConfigError([Problem("body", 'expected {"spec": {"memory": "64m", ...}}')])
+        c = await self.m.update(req.params["name"], dict(body["spec"]))
+        return {"name": c.name, "state": c.state, "limits": self.m.limits_in_force(c)}
 
     async def inspect(self, req: Request) -> Any:
         return self.m.inspect(self.m.get(req.params["name"]))

@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
@@ -27,6 +27,7 @@ import trio
 from exporters.startdur import StartDurations
 from exporters.view import ContainerView
 from supervisor.cgroups import CgroupManager
+from supervisor.cgroups import options as limit_options
 from supervisor.config import ContainerSpec, validate_container
 from supervisor.daemon import execs, health, translate
 from supervisor.daemon.events import EventBus
@@ -39,6 +40,43 @@ from supervisor.policy import decide, start_on_boot
 from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 
 log = structlog.get_logger("nsvisor")
+
+# Raw keys `update` may change: the resource limits (docker update's set).
+UPDATE_KEYS = frozenset(
+    {
+        "memory",
+        "memory_swap",
+        "memory_reservation",
+        "memory_high",
+        "cpus",
+        "cpu_quota",
+        "cpu_period",
+        "cpu_shares",
+        "cpu_weight",
+        "cpuset_cpus",
+        "cpuset_mems",
+        "pids_limit",
+        "io_weight",
+        "blkio_weight_device",
+        "device_read_bps",
+        "device_write_bps",
+        "device_read_iops",
+        "device_write_iops",
+        "oom_kill_disable",
+        "oom_group",
+    }
+)
+# A changed key drops the stored keys it is an alternative to: a new --memory
+# without --memory-swap gets Docker's default swap again, --cpus replaces
+# --cpu-quota/--cpu-period and the other way round.
+_UPDATE_REPLACES: dict[str, tuple[str, ...]] = {
+    "memory": ("memory_swap",),
+    "cpus": ("cpu_quota", "cpu_period"),
+    "cpu_quota": ("cpus",),
+    "cpu_period": ("cpus",),
+    "cpu_shares": ("cpu_weight",),
+    "cpu_weight": ("cpu_shares",),
+}
 
 
 @dataclass
@@ -217,7 +255,68 @@ class ContainerManager:
         merged = {**self.defaults, **raw}
         if not merged.get("name"):
             merged["name"] = self._new_name()
-        return validate_container(merged, host_cpus=self.host_cpus)
+        spec = validate_container(merged, host_cpus=self.host_cpus)
+        self._check_layout(spec)
+        return spec
+
+    def _check_layout(self, spec: ContainerSpec) -> None:
+        """Options this host's cgroup layout cannot honour fail validation,
+        before anything is created (oom_kill_disable on v2, memory_high and
+        oom_group on v1)."""
+        problems = limit_options.layout_problems(
+            self.cgroups.layout,
+            memory_high=spec.memory_high_bytes is not None,
+            oom_group=spec.oom_group,
+            oom_kill_disable=spec.oom_kill_disable,
+        )
+        if problems:
+            raise ConfigError([Problem(key, message) for key, message in problems])
+
+    async def update(self, name: str, changes: dict[str, Any]) -> Container:
+        """Change a container's resource limits (docker update): validate the
+        spec with `changes` applied, write the limits to the running cgroup in
+        place, persist the spec (the next start, the next OOM use it). A key
+        set to None returns to the default. On a kernel refusal (memory in
+        use above a new v1 limit) the old limits are written back."""
+        c = self.get(name)
+        bad = sorted(k for k in changes if k not in UPDATE_KEYS)
+        if bad:
+            fix = f"update changes only {', '.join(sorted(UPDATE_KEYS))}; recreate the container"
+            raise ConfigError([Problem(k, f"cannot be changed by update; {fix}") for k in bad])
+        raw = c.spec.to_raw()
+        for key, replaced in _UPDATE_REPLACES.items():
+            if key in changes:
+                for old in replaced:
+                    raw.pop(old, None)
+        raw.update(changes)
+        spec = validate_container(
+            {k: v for k, v in raw.items() if v is not None},
+            host_cpus=self.host_cpus,
+            check_fs=False,
+        )
+        self._check_layout(spec)
+        if is_active(c.state):
+            try:
+                await trio.to_thread.run_sync(
+                    self.cgroups.update, c.name, translate.limits_for(spec)
+                )
+            except KernelError:
+                with trio.CancelScope(shield=True), contextlib.suppress(KernelError):
+                    await trio.to_thread.run_sync(
+                        self.cgroups.update, c.name, translate.limits_for(c.spec)
+                    )
+                raise
+        c.spec = spec
+        write_json(os.path.join(c.dir, "config.json"), spec.to_raw())
+        self.events.publish("update", c.name, **{k: changes[k] for k in sorted(changes)})
+        return c
+
+    def limits_in_force(self, c: Container) -> dict[str, Any] | None:
+        """The limits as the kernel has them (read_limits); None without a cgroup."""
+        try:
+            return asdict(self.cgroups.read_limits(c.name))
+        except (KernelError, OSError):
+            return None
 
     def create(self, raw: dict[str, Any]) -> Container:
         """Validate and register a container. Nothing is created on the host
@@ -651,6 +750,7 @@ class ContainerManager:
                 "error": c.error,
                 "cgroup": self.cgroups.path(c.name),
                 "cgroup_layout": self.cgroups.layout,
+                "limits": self.limits_in_force(c),
                 "memory_events": self.memwatch.counts(c.name),
                 "oom_kills": self.memwatch.counts(c.name).get("oom_kill"),
                 "log_path": c.log_path,

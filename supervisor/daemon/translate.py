@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from supervisor.cgroups import CgroupManager, Limits
+from supervisor.cgroups.limits import DeviceWeight, IoThrottle
 from supervisor.config import ContainerSpec
 from supervisor.runtime.spec import LaunchSpec, Mount, Namespaces
 
@@ -21,7 +22,31 @@ def limits_for(spec: ContainerSpec) -> Limits:
         cpu_weight=spec.cpu_weight,
         pids_max=spec.pids_limit,
         io_weight=spec.io_weight,
+        io_weight_devices=tuple(
+            DeviceWeight(d.major, d.minor, d.value) for d in spec.io_weight_devices
+        ),
+        io_throttle=io_throttle(spec),
+        memory_low=spec.memory_reservation_bytes,
+        memory_high=spec.memory_high_bytes,
+        oom_kill_disable=spec.oom_kill_disable,
+        oom_group=spec.oom_group,
+        cpuset_cpus=spec.cpuset_cpus,
+        cpuset_mems=spec.cpuset_mems,
     )
+
+
+def io_throttle(spec: ContainerSpec) -> tuple[IoThrottle, ...]:
+    """The four --device-*-bps/iops lists merged into one entry per device."""
+    per_device: dict[tuple[int, int], dict[str, int]] = {}
+    for attr, items in (
+        ("read_bps", spec.device_read_bps),
+        ("write_bps", spec.device_write_bps),
+        ("read_iops", spec.device_read_iops),
+        ("write_iops", spec.device_write_iops),
+    ):
+        for d in items:
+            per_device.setdefault((d.major, d.minor), {})[attr] = d.value
+    return tuple(IoThrottle(mj, mn, **v) for (mj, mn), v in sorted(per_device.items()))
 
 
 def _mount(m: object) -> Mount:
@@ -69,6 +94,8 @@ def launch_spec_for(
         exit_path=exit_path,
         log_max_size=spec.log_max_size_bytes,
         log_max_files=spec.log_max_files,
+        rlimits=spec.ulimits,
+        oom_score_adj=spec.oom_score_adj,
         tty=spec.tty,
         stdin=spec.interactive,
         attach_path=os.path.join(os.path.dirname(log_path), "attach.sock"),

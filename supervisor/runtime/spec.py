@@ -105,6 +105,10 @@ class LaunchSpec:
     # None = no rotation; max_files counts the current file.
     log_max_size: int | None = None
     log_max_files: int = 1
+    # --ulimit as (name, soft, hard), -1 = unlimited (supervisor.runtime.rlimits),
+    # and --oom-score-adj; both set by the workload before exec.
+    rlimits: tuple[tuple[str, int, int], ...] = ()
+    oom_score_adj: int | None = None
     # Interactive use (supervisor.runtime.monitor): tty = a pty from the
     # container's devpts, its master kept by the monitor; stdin = the
     # workload's stdin is a pipe the monitor keeps open for attach clients;
@@ -155,6 +159,7 @@ class LaunchSpec:
         raw["mounts"] = tuple(
             Mount(**{**m, "options": tuple(m.get("options", ()))}) for m in raw.get("mounts", ())
         )
+        raw["rlimits"] = tuple(tuple(u) for u in raw.get("rlimits", ()))
         for key in ("argv", "env", "additional_gids", "capabilities", "cgroup_procs"):
             if key in raw:
                 raw[key] = tuple(raw[key])

@@ -29,6 +29,8 @@ from typing import NoReturn
 from supervisor.runtime import linux
 from supervisor.runtime.caps import CAPABILITIES
 from supervisor.runtime.console import CONSOLE_FD, setup_console
+from supervisor.runtime.rlimits import apply as apply_rlimits
+from supervisor.runtime.rlimits import set_oom_score_adj
 from supervisor.runtime.spec import LaunchSpec
 
 # Exit codes as Docker uses them: 125 the runtime failed, 126 the command could
@@ -402,6 +404,15 @@ def _privileges(spec: LaunchSpec) -> None:
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
 
 
+def _resources(spec: LaunchSpec) -> None:
+    """ulimits and oom_score_adj: inherited across exec, set while the
+    workload still has CAP_SYS_RESOURCE (raising a hard limit or lowering
+    oom_score_adj needs it), so before the privileges are dropped."""
+    apply_rlimits(spec.rlimits)
+    if spec.oom_score_adj is not None:
+        set_oom_score_adj(spec.oom_score_adj)
+
+
 WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
     ("join cgroups", _join_cgroups),
     ("create namespaces", _unshare),
@@ -410,6 +421,7 @@ WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
     ("set up mounts", _mounts),
     ("set up the console", setup_console),
     ("chdir", _chdir),
+    ("set rlimits and oom_score_adj", _resources),
     ("drop privileges", _privileges),
 )
 
