@@ -28,7 +28,9 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporters.families import HEALTH, NETWORK, SIMPLE, _ns
 from exporters.netdev import NetDev, NetReader
+from exporters.render import LabelCache, render
 from exporters.view import ContainerView, MemoryEventsView
 from supervisor import __version__
 from supervisor.cgroups.stats import Stats
@@ -44,163 +46,18 @@ class StatsSource(Protocol):
     def stats(self, name: str) -> Stats: ...
 
 
-def _ns(v: int | None) -> float | None:
-    return None if v is None else v / 1e9
-
-
 @dataclass(frozen=True)
-class Spec:
-    name: str
-    help: str
-    kind: str  # "counter" | "gauge"
-    get: Callable[[Stats], float | int | None]
+class Scrape:
+    """One scrape's data: what was read, and the views it was read for."""
 
-
-# Names, types and units as cAdvisor exports them, so existing dashboards and
-# alert rules work unchanged.
-SIMPLE: tuple[Spec, ...] = (
-    Spec(
-        "container_cpu_user_seconds_total",
-        "Cumulative user cpu time consumed in seconds.",
-        "counter",
-        lambda s: _ns(s.cpu_user_ns),
-    ),
-    Spec(
-        "container_cpu_system_seconds_total",
-        "Cumulative system cpu time consumed in seconds.",
-        "counter",
-        lambda s: _ns(s.cpu_system_ns),
-    ),
-    Spec(
-        "container_cpu_cfs_periods_total",
-        "Number of elapsed enforcement period intervals.",
-        "counter",
-        lambda s: s.cpu_periods,
-    ),
-    Spec(
-        "container_cpu_cfs_throttled_periods_total",
-        "Number of throttled period intervals.",
-        "counter",
-        lambda s: s.cpu_throttled_periods,
-    ),
-    Spec(
-        "container_cpu_cfs_throttled_seconds_total",
-        "Total time duration the container has been throttled.",
-        "counter",
-        lambda s: _ns(s.cpu_throttled_ns),
-    ),
-    Spec(
-        "container_memory_usage_bytes",
-        "Current memory usage in bytes, including all memory regardless of when it was accessed.",
-        "gauge",
-        lambda s: s.memory_usage,
-    ),
-    Spec(
-        "container_memory_working_set_bytes",
-        "Current working set in bytes (usage minus inactive file cache, floored at 0).",
-        "gauge",
-        lambda s: s.memory_working_set,
-    ),
-    Spec(
-        "container_memory_rss",
-        "Size of RSS (anonymous memory) in bytes.",
-        "gauge",
-        lambda s: s.memory_rss,
-    ),
-    Spec(
-        "container_memory_cache",
-        "Number of bytes of page cache memory.",
-        "gauge",
-        lambda s: s.memory_cache,
-    ),
-    Spec(
-        "container_memory_mapped_file",
-        "Size of memory mapped files in bytes.",
-        "gauge",
-        lambda s: s.memory_mapped_file,
-    ),
-    Spec(
-        "container_memory_swap",
-        "Container swap usage in bytes.",
-        "gauge",
-        lambda s: s.memory_swap_usage,
-    ),
-    Spec(
-        "container_memory_max_usage_bytes",
-        "Maximum memory usage recorded in bytes.",
-        "gauge",
-        lambda s: s.memory_max_usage,
-    ),
-    # A counter in cAdvisor, but without "_total": prometheus_client would
-    # append it, and promtool rejects a counter without it. Typed gauge, the
-    # name stays cAdvisor's so dashboards' rate(container_memory_failcnt[..]) work.
-    Spec(
-        "container_memory_failcnt",
-        "Number of memory usage hits limits.",
-        "gauge",
-        lambda s: s.memory_failcnt,
-    ),
-    Spec(
-        "container_spec_memory_limit_bytes",
-        "Memory limit for the container.",
-        "gauge",
-        lambda s: s.memory_limit,
-    ),
-    Spec(
-        "container_spec_memory_swap_limit_bytes",
-        "Memory swap limit for the container.",
-        "gauge",
-        lambda s: s.memory_swap_limit,
-    ),
-    Spec(
-        "container_spec_cpu_quota", "CPU quota of the container.", "gauge", lambda s: s.cpu_quota_us
-    ),
-    Spec(
-        "container_spec_cpu_period",
-        "CPU period of the container.",
-        "gauge",
-        lambda s: s.cpu_period_us,
-    ),
-    # v2 has cpu.weight only; the backend converts it back to shares (the
-    # inverse of runc's shares -> weight map) so the name exists on both.
-    Spec(
-        "container_spec_cpu_shares", "CPU share of the container.", "gauge", lambda s: s.cpu_shares
-    ),
-    Spec(
-        "container_processes",
-        "Number of processes running inside the container.",
-        "gauge",
-        lambda s: s.processes,
-    ),
-    Spec(
-        "container_threads",
-        "Number of threads running inside the container.",
-        "gauge",
-        lambda s: s.pids_current,  # pids.current counts tasks: threads
-    ),
-    Spec(
-        "container_threads_max",
-        "Maximum number of threads allowed inside the container.",
-        "gauge",
-        lambda s: s.pids_max,
-    ),
-)
-
-# container_network_*: (metric suffix, help, NetDev field)
-NETWORK: tuple[tuple[str, str, Callable[[NetDev], int]], ...] = (
-    ("receive_bytes", "Cumulative count of bytes received", lambda n: n.rx_bytes),
-    ("receive_packets", "Cumulative count of packets received", lambda n: n.rx_packets),
-    ("receive_errors", "Cumulative count of errors encountered while receiving", lambda n: n.rx_errors),
-    ("receive_packets_dropped", "Cumulative count of packets dropped while receiving", lambda n: n.rx_dropped),
-    ("transmit_bytes", "Cumulative count of bytes transmitted", lambda n: n.tx_bytes),
-    ("transmit_packets", "Cumulative count of packets transmitted", lambda n: n.tx_packets),
-    ("transmit_errors", "Cumulative count of errors encountered while transmitting", lambda n: n.tx_errors),
-    ("transmit_packets_dropped", "Cumulative count of packets dropped while transmitting", lambda n: n.tx_dropped),
-)  # fmt: skip
-
-HEALTH = {"healthy": 1.0, "unhealthy": 0.0}
-"""nsvisor_container_health_status values; any other health ("starting") and
-no health check at all leave the series out."""
+    views: tuple[ContainerView, ...]
+    running: list[ContainerView]
+    stats: dict[str, Stats]
+    nets: dict[str, list[NetDev]]
+    now: float
+    memory_events: tuple[MemoryEventsView, ...]
+    errors: list[tuple[str, int]]
+    """nsvisor_scrape_errors_total so far, sorted by file."""
 
 
 def _family(
@@ -235,8 +92,16 @@ class ContainerCollector(Collector):
         # Scrapes may run concurrently (ThreadingHTTPServer): guard the counter.
         self._errors_lock = threading.Lock()
         self.scrape_errors: Counter[str] = Counter()
+        # render()'s per-container label strings, rebuilt only for new views.
+        self._label_cache = LabelCache()
 
-    def collect(self) -> Iterable[Metric]:
+    @property
+    def layout_label(self) -> str:
+        return self.source.layout
+
+    def gather(self) -> Scrape:
+        """Read every running container's cgroup stats and network counters
+        once; count what could not be read. Both output paths start here."""
         views = self.views()
         now = self.clock()
         running = [v for v in views if v.state in ("running", "stopping")]
@@ -257,10 +122,23 @@ class ContainerCollector(Collector):
                     errors.append("net/dev")
         with self._errors_lock:
             self.scrape_errors.update(errors)
-        yield from self._cgroup_metrics(running, stats, now)
-        yield from self._network_metrics(running, nets)
-        yield from self._memory_event_metrics(running, stats)
-        yield from self._supervisor_metrics(views)
+            counted = sorted(self.scrape_errors.items())
+        return Scrape(views, running, stats, nets, now, self.memory_events(), counted)
+
+    def collect(self) -> Iterable[Metric]:
+        """prometheus_client's path (OpenMetrics, ?name[]=, the tests)."""
+        sc = self.gather()
+        yield from self._cgroup_metrics(sc.running, sc.stats, sc.now)
+        yield from self._network_metrics(sc.running, sc.nets)
+        yield from self._memory_event_metrics(sc.running, sc.stats, sc.memory_events)
+        yield from self._supervisor_metrics(sc.views, sc.errors)
+
+    def render(self) -> str:
+        """The same families as collect(), as Prometheus text format 0.0.4,
+        byte for byte what prometheus_client's generate_latest makes of them
+        (tests/unit/test_exporter.py compares the two), about ten times
+        faster: see exporters/render.py."""
+        return render(self.gather(), self.layout_label, self.version, self._label_cache)
 
     def _cgroup_metrics(
         self, running: list[ContainerView], stats: dict[str, Stats], now: float
@@ -387,14 +265,17 @@ class ContainerCollector(Collector):
             yield fam
 
     def _memory_event_metrics(
-        self, running: list[ContainerView], stats: dict[str, Stats]
+        self,
+        running: list[ContainerView],
+        stats: dict[str, Stats],
+        kept: tuple[MemoryEventsView, ...],
     ) -> Iterator[Metric]:
         """nsvisor_memory_events_total and container_oom_events_total for every
         container the daemon has counts for: running ones (the scrape's own
         read, merged with the daemon's real-time counts), stopped ones and,
         for a while, removed ones (their final counts; see memwatch)."""
         merged: dict[str, tuple[list[str], dict[str, int]]] = {}
-        for m in self.memory_events():
+        for m in kept:
             merged[m.name] = ([m.name, m.cgroup_path, m.image], dict(m.events))
         for v in running:
             live = stats[v.name].memory_events
@@ -424,7 +305,9 @@ class ContainerCollector(Collector):
                 oom.add_metric(lv, float(counts["oom_kill"]))
         yield from (oom, events)
 
-    def _supervisor_metrics(self, views: tuple[ContainerView, ...]) -> Iterator[Metric]:
+    def _supervisor_metrics(
+        self, views: tuple[ContainerView, ...], counted: list[tuple[str, int]]
+    ) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "nsvisor_container_state",
             "The container's lifecycle state (one-hot).",
@@ -463,8 +346,6 @@ class ContainerCollector(Collector):
             "cgroup and proc files that could not be read during scrapes.",
             labels=["file"],
         )
-        with self._errors_lock:
-            counted = sorted(self.scrape_errors.items())
         for file, n in counted:
             errors.add_metric([file], float(n))
         info = GaugeMetricFamily(

@@ -10,6 +10,7 @@ durations). After an intended change, regenerate them and review the diff:
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporters.collector import ContainerCollector
 from exporters.netdev import NetReader, parse_net_dev
+from exporters.server import MetricsApp
 from exporters.startdur import StartDurations
 from exporters.view import ContainerView
 from supervisor.cgroups import Stats, V1Manager, V2Manager
@@ -455,6 +457,148 @@ def test_scrape_of_500_containers_in_a_fake_tree(tmp_path: Path, layout: str) ->
         text = exposition(c)
         best = min(best, time.perf_counter() - t0)
     n = len(samples(text))
-    print(f"\nscrape of 500 fake {layout} containers: {best * 1000:.0f} ms, {n} samples")
+    fast_best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fast = c.render()
+        fast_best = min(fast_best, time.perf_counter() - t0)
+    print(
+        f"\nscrape of 500 fake {layout} containers: {best * 1000:.0f} ms, {n} samples; "
+        f"render(): {fast_best * 1000:.0f} ms"
+    )
+    assert fast == text
     assert find(samples(text), "nsvisor_scrape_errors_total") is None
     assert n > 500 * 40
+
+
+# --- the fast text renderer (exporters/render.py) and the HTTP app --------------
+
+
+def fast_exposition(c: ContainerCollector, durations: StartDurations | None = None) -> str:
+    """What the daemon serves: MetricsApp's text path (no process collectors)."""
+    return MetricsApp([], c, [durations] if durations is not None else []).text().decode()
+
+
+@pytest.mark.parametrize("layout", ["v2", "hybrid"])
+def test_fast_renderer_matches_the_golden_file(layout: str) -> None:
+    durations = StartDurations()
+    for seconds in (0.02, 0.3, 1.5):
+        durations.observe(seconds)
+    assert (
+        fast_exposition(collector(manager(layout)), durations)
+        == (GOLDEN / f"{layout}.prom").read_text()
+    )
+
+
+def awkward_views() -> tuple[ContainerView, ...]:
+    web, side, old = views()
+    return (
+        ContainerView(
+            **{**web.__dict__, "name": 'we"b\\1', "image": "/srv/ro\not/é", "cgroup_path": '/a"b'}
+        ),
+        ContainerView(**{**side.__dict__, "backoff_s": 1e-06, "exit_code": -9, "started_at": 0.0}),
+        ContainerView(**{**old.__dict__, "restart_count": 12345678901, "backoff_s": 1e22}),
+    )
+
+
+@pytest.mark.parametrize("layout", ["v2", "hybrid"])
+@pytest.mark.parametrize("scene", ["golden", "awkward", "missing", "broken"])
+def test_fast_renderer_is_byte_identical_to_prometheus_client(
+    tmp_path: Path, layout: str, scene: str
+) -> None:
+    """Two collectors over the same files: one through prometheus_client's
+    generate_latest, one through render(); also the scrape-error counts."""
+    shutil.copytree(CGROUP / layout, tmp_path / layout)
+    shutil.copytree(PROC, tmp_path / "proc")
+    (tmp_path / "proc/4242/net/dev").write_text(
+        (PROC / "4242/net/dev").read_text().replace("eth0:", 'e"t\\h0:')
+    )
+    vs = awkward_views if scene == "awkward" else views
+    if scene == "missing":
+        stat = "nsvisor/web/memory.stat" if layout == "v2" else "memory/nsvisor/web/memory.stat"
+        os.remove(tmp_path / layout / stat)
+    if scene == "broken":
+
+        class Broken:
+            layout = "v2"
+
+            def stats(self, name: str) -> Stats:
+                raise RuntimeError("boom")
+
+        def make() -> ContainerCollector:
+            return ContainerCollector(
+                Broken(), vs, net=NetReader(str(tmp_path / "proc")), clock=lambda: NOW
+            )
+    else:
+
+        def make() -> ContainerCollector:
+            return collector(manager(layout, tmp_path), proc=tmp_path / "proc", vs=vs)
+
+    slow, fast = make(), make()
+    for _ in range(2):  # the second scrape also sees last scrape's error counts
+        expected = exposition(slow)
+        assert fast.render() == expected
+    assert fast.scrape_errors == slow.scrape_errors
+
+
+def test_fast_renderer_formats_values_like_go() -> None:
+    from prometheus_client.utils import floatToGoString
+
+    from exporters.render import fmt
+
+    for v in (0, 1, -1, 0.5, 1e-7, 123456.0, 1234567.0, 5.040128e07, 2**63, 1e22, -3e9,
+              float("inf"), float("-inf"), float("nan"), 0.272091338, 7, 1e16, 9999999.5):  # fmt: skip
+        assert fmt(v) == floatToGoString(v), v
+
+
+def test_fast_renderer_keeps_label_strings_of_live_views_only() -> None:
+    c = collector(manager("v2"))
+    c.render()
+    c.render()
+    assert {k[0] for k in c._label_cache._now} == {"web", "side", "old", "gone"}
+    c.views = lambda: ()
+    c.memory_events = tuple
+    c.render()
+    c.render()
+    assert c._label_cache._now == {} and c._label_cache._prev == {}
+
+
+def wsgi_get(
+    app: MetricsApp, headers: dict[str, str] | None = None, query: str = ""
+) -> tuple[str, dict[str, str], bytes]:
+    got: dict[str, object] = {}
+
+    def start_response(status: str, hs: list[tuple[str, str]]) -> None:
+        got.update(status=status, headers=dict(hs))
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": query}
+    environ |= {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in (headers or {}).items()}
+    body = b"".join(app(environ, start_response))
+    return str(got["status"]), got["headers"], body  # type: ignore[return-value]
+
+
+def test_metrics_app_negotiates_text_gzip_and_openmetrics() -> None:
+    def vs() -> tuple[ContainerView, ...]:
+        return views()[0], views()[2]  # no scrape errors: every scrape is the same
+
+    app = MetricsApp([], collector(manager("v2"), vs=vs), [StartDurations()])
+    status, headers, body = wsgi_get(app)
+    assert status == "200 OK" and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert body.decode() == generate_latest(app.full).decode()
+    # Prometheus prefers OpenMetrics but accepts text: it gets text (as from cAdvisor).
+    prometheus = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+        "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    _, headers, zipped = wsgi_get(app, {"Accept": prometheus, "Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(zipped) == body
+    # Only OpenMetrics acceptable: prometheus_client's encoder, same samples.
+    _, headers, om = wsgi_get(app, {"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert om.decode().endswith("# EOF\n")
+    om_samples = om.decode().removesuffix("# EOF\n")
+    assert sample_names(om_samples) == sample_names(body.decode())
+    # ?name[]= goes through prometheus_client's restricted registry, as before.
+    _, _, only = wsgi_get(app, query="name[]=nsvisor_build_info")
+    assert only == generate_latest(app.full.restricted_registry(["nsvisor_build_info"]))
