@@ -175,6 +175,8 @@ def run_raw(
             volumes.append(v)
         raw["volumes"] = volumes
     raw.update(limit_lists(args))
+    if getattr(args, "publish", None) is not None:
+        raw["publish"] = list(args.publish)
     for attr in ("tmpfs", "cap_add", "cap_drop"):
         value = getattr(args, attr)
         if value is not None:
@@ -662,6 +664,49 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_network(args: argparse.Namespace) -> int:
+    from supervisor.client import ApiError
+
+    client = _client(args)
+    action = args.network_command
+    if action == "ls":
+        _, nets = client.request("GET", "/v1/networks")
+        rows = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "CONTAINERS")]
+        for n in nets if isinstance(nets, list) else []:
+            rows.append(
+                (n["name"], n["subnet"], n["gateway"], n["bridge"], str(len(n["containers"])))
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            _out("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
+        return 0
+    if action == "create":
+        body: dict[str, Any] = {"name": args.name, "subnet": args.subnet}
+        if args.mtu is not None:
+            body["mtu"] = args.mtu
+        client.request("POST", "/v1/networks", body)
+        _out(args.name + "\n")
+        return 0
+    code = 0
+    found: list[Any] = []
+    for name in args.names:
+        path = f"/v1/networks/{quote(name, safe='')}"
+        try:
+            reply = client.request("DELETE" if action == "rm" else "GET", path)[1]
+        except ApiError as exc:
+            text, rc = _api_error_text(exc, name)
+            _err(text)
+            code = max(code, rc)
+            continue
+        if action == "rm":
+            _out(name + "\n")
+        else:
+            found.append(reply)
+    if action == "inspect":
+        _out(json.dumps(found, indent=2) + "\n")
+    return code
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from supervisor.client import ApiError
 
@@ -748,8 +793,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     socket = args.daemon_socket or args.global_socket
     if socket:
         overrides["socket"] = socket
-    for key in ("state_dir", "metrics_addr", "cgroup_parent"):
-        value = getattr(args, key)
+    for key in (
+        "state_dir",
+        "metrics_addr",
+        "cgroup_parent",
+        "bridge",
+        "bridge_subnet",
+        "net_prefix",
+    ):
+        value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
     from supervisor.daemon.app import run
@@ -818,7 +870,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     a("--read-only", action="store_true", help="mount the rootfs read-only")
     a("--stop-signal", help="signal for stop (default SIGTERM)")
     a("--stop-timeout", help="seconds to wait after the stop signal (default 10)")
-    a("--network", help="none (default) or host")
+    a(
+        "--network",
+        help="none (default, loopback only), host, bridge, container:NAME or a network's name",
+    )
+    a(
+        "-p",
+        "--publish",
+        action="append",
+        metavar="[IP:]HOST_PORT:PORT[/tcp|udp]",
+        help="publish a container port on the host (bridge networks; repeatable)",
+    )
     for ns in ("pid", "ipc", "uts", "cgroupns"):
         a(f"--{ns}", help=f"{ns} namespace: private (default) or host")
     a("--cap-add", action="append", metavar="CAP", help="add a capability (repeatable)")
@@ -1011,6 +1073,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", dest="daemon_socket", metavar="PATH")
     p.add_argument("--metrics-addr", metavar="HOST:PORT")
     p.add_argument("--cgroup-parent", metavar="PATH")
+    p.add_argument("--bridge", metavar="IFNAME", help="the default network's bridge (nsvisor0)")
+    p.add_argument("--bridge-subnet", metavar="CIDR", help="its subnet (10.88.0.0/16)")
+    p.add_argument(
+        "--net-prefix", metavar="PREFIX", help="prefix of interface names and the nft table (nsv)"
+    )
+
+    p = add("network", cmd_network, "manage networks: ls, create, rm, inspect")
+    nsub = p.add_subparsers(dest="network_command", metavar="ACTION", required=True)
+    nsub.add_parser("ls", help="list networks")
+    nc = nsub.add_parser("create", help="create a bridge network")
+    nc.add_argument("name", metavar="NAME")
+    nc.add_argument("--subnet", required=True, metavar="CIDR", help="e.g. 10.89.0.0/24")
+    nc.add_argument("--mtu", type=int, help="MTU of the bridge and the veths (1500)")
+    nr = nsub.add_parser("rm", help="remove networks no container uses")
+    nr.add_argument("names", nargs="+", metavar="NAME")
+    ni = nsub.add_parser("inspect", help="print networks' details as JSON")
+    ni.add_argument("names", nargs="+", metavar="NAME")
 
     p = add("rootfs", cmd_rootfs, "build a root filesystem")
     rsub = p.add_subparsers(dest="kind", metavar="KIND", required=True)

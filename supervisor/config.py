@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import ipaddress
 import os
 import re
 import shlex
@@ -35,6 +36,13 @@ from typing import Any, Literal, TypeVar
 from supervisor.cgroups import options as limit_options
 from supervisor.cgroups.options import DeviceLimit
 from supervisor.errors import ConfigError, Problem
+from supervisor.network.model import (
+    PortMapping,
+    parse_network_mode,
+    parse_publish,
+    parse_subnet,
+    uses_bridge,
+)
 from supervisor.policy import Backoff, RestartPolicy, parse_restart_policy
 from supervisor.runtime import rlimits
 from supervisor.runtime.caps import effective_caps, normalize_cap
@@ -84,6 +92,7 @@ RAW_KEYS: tuple[str, ...] = (
     "stop_signal",
     "stop_timeout",
     "network",
+    "publish",
     "pid",
     "ipc",
     "uts",
@@ -106,7 +115,7 @@ RAW_KEYS: tuple[str, ...] = (
 # Keys people bring from Docker / compose that difflib would not map well.
 _KEY_HINTS: dict[str, str] = {
     "image": 'nsvisor runs a rootfs directory, not an image; use rootfs = "/path/to/rootfs"',
-    "ports": "published ports need bridge networking, which is not available yet",
+    "ports": 'did you mean publish? (publish = ["8080:80"] with network = "bridge")',
     "entrypoint": 'did you mean command? (the whole argv, e.g. command = ["/bin/httpd", "-f"])',
     "cmd": "did you mean command?",
     "args": "did you mean command?",
@@ -132,7 +141,8 @@ DEFAULT_STOP_TIMEOUT_S = 10.0
 _MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS
 
 NamespaceMode = Literal["private", "host"]
-NetworkMode = Literal["none", "host"]
+# "none" | "host" | "bridge" | a user-defined network's name | "container:NAME"
+NetworkMode = str
 
 
 # ---------------------------------------------------------------------------
@@ -223,6 +233,7 @@ class ContainerSpec:
     stop_signal: int = 15
     stop_timeout_s: float = DEFAULT_STOP_TIMEOUT_S
     network: NetworkMode = "none"
+    publish: tuple[PortMapping, ...] = ()  # -p, only with a bridge network
     pid: NamespaceMode = "private"
     ipc: NamespaceMode = "private"
     uts: NamespaceMode = "private"
@@ -331,6 +342,8 @@ class ContainerSpec:
         raw["stop_signal"] = signal_name(self.stop_signal)
         raw["stop_timeout"] = self.stop_timeout_s
         raw["network"] = self.network
+        if self.publish:
+            raw["publish"] = [p.to_raw() for p in self.publish]
         raw["pid"] = self.pid
         raw["ipc"] = self.ipc
         raw["uts"] = self.uts
@@ -607,13 +620,14 @@ def _parse_mode(value: Any) -> NamespaceMode:
 
 
 def _parse_network(value: Any) -> NetworkMode:
-    if value == "bridge":
-        raise ValueError(
-            'bridge networking is not available yet; use "none" (loopback only) or "host"'
-        )
-    if value not in ("none", "host"):
-        raise ValueError(f'{_q(value)} is not a network mode; use "none" (loopback only) or "host"')
-    return "host" if value == "host" else "none"
+    return parse_network_mode(value)  # whether a named network exists is the daemon's check
+
+
+def _parse_publish(value: Any) -> tuple[PortMapping, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f'{_q(value)} is not a list of port mappings; e.g. ["8080:80"]')
+    return tuple(parse_publish(item) for item in items)
 
 
 def _parse_volume(spec: str, check_fs: bool) -> Mount:
@@ -1043,6 +1057,12 @@ def validate_container(
 
     # namespaces, capabilities ---------------------------------------------
     network: NetworkMode = c.get("network", _parse_network, "none")
+    publish: tuple[PortMapping, ...] = c.get("publish", _parse_publish, ())
+    if publish and not uses_bridge(network):
+        c.add(
+            "publish",
+            f'needs a bridge network, not network = "{network}"; add network = "bridge" (--network bridge)',
+        )
     pid: NamespaceMode = c.get("pid", _parse_mode, "private")
     ipc: NamespaceMode = c.get("ipc", _parse_mode, "private")
     uts: NamespaceMode = c.get("uts", _parse_mode, "private")
@@ -1094,6 +1114,7 @@ def validate_container(
         stop_signal=stop_signal,
         stop_timeout_s=stop_timeout,
         network=network,
+        publish=publish,
         pid=pid,
         ipc=ipc,
         uts=uts,
@@ -1292,8 +1313,11 @@ DAEMON_KEYS: tuple[str, ...] = (
     "log_level",
     "log_format",
     "stop_containers_on_shutdown",
+    "bridge",
+    "bridge_subnet",
+    "net_prefix",
 )
-TOP_LEVEL_TABLES: tuple[str, ...] = ("daemon", "defaults", "containers")
+TOP_LEVEL_TABLES: tuple[str, ...] = ("daemon", "defaults", "containers", "networks")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: tuple[str, ...] = ("auto", "json", "console")
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL
@@ -1311,6 +1335,13 @@ class DaemonConfig:
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, json otherwise
     stop_containers_on_shutdown: bool = False
+    # Bridge networking (supervisor.network): the default network's bridge and
+    # subnet, and the prefix of every interface name (and of the nftables
+    # table) this daemon makes; two daemons on one host need different ones.
+    bridge: str = "nsvisor0"
+    bridge_subnet: str = "10.88.0.0/16"
+    net_prefix: str = "nsv"
+    networks: tuple[tuple[str, str, int], ...] = ()  # [networks.NAME]: (name, subnet, mtu)
     containers: tuple[ContainerSpec, ...] = ()
     source: str | None = None  # the config file, None when run without one
 
@@ -1381,6 +1412,24 @@ def _choice(
     return parse
 
 
+def _ifname(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,14}", value):
+        raise ValueError(
+            f'{_q(value)} is not an interface name (at most 15 characters); e.g. "nsvisor0"'
+        )
+    return value
+
+
+def _subnet(value: Any) -> str:
+    return str(parse_subnet(value))
+
+
+def _net_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9]{0,5}", value):
+        raise ValueError(f'{_q(value)} is not 1..6 lower-case letters and digits; e.g. "nsv"')
+    return value
+
+
 _DAEMON_PARSERS: dict[str, Callable[[Any], Any]] = {
     "state_dir": _abs_path,
     "socket": _socket_path,
@@ -1390,6 +1439,9 @@ _DAEMON_PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_level": _choice(LOG_LEVELS, {"warn": "warning"}),
     "log_format": _choice(LOG_FORMATS),
     "stop_containers_on_shutdown": _bool,
+    "bridge": _ifname,
+    "bridge_subnet": _subnet,
+    "net_prefix": _net_prefix,
 }
 
 
@@ -1576,6 +1628,44 @@ def load_config(
         else:
             defaults[key] = value
 
+    # [networks.NAME] ------------------------------------------------------
+    networks: list[tuple[str, str, int]] = []
+    for name, table in table_of("networks").items():
+        here = ("networks", name)
+        if not isinstance(table, dict):
+            add(
+                ("networks",),
+                name,
+                f'must be a table; write it as {_section(here)} with subnet = "10.89.0.0/24"',
+            )
+            continue
+        if not NAME_RE.match(name) or name in ("none", "host", "bridge", "container", "default"):
+            add(here, None, f"{_q(name)} cannot name a network; use letters, digits, _ . -")
+        for key in table:
+            if key not in ("subnet", "mtu"):
+                add(here, key, f"unknown key; {suggest_key(key, ('subnet', 'mtu'))}")
+        try:
+            subnet = _subnet(table.get("subnet"))
+        except ValueError as exc:
+            add(here, "subnet", str(exc))
+            continue
+        mtu = table.get("mtu", 1500)
+        if not isinstance(mtu, int) or not 576 <= mtu <= 65535:
+            add(here, "mtu", f"{_q(mtu)} is not an MTU in 576..65535")
+            continue
+        networks.append((name, subnet, mtu))
+    all_nets = [("bridge", settings.get("bridge_subnet", DaemonConfig.bridge_subnet))] + [
+        (n, sub) for n, sub, _ in networks
+    ]
+    for i, (n, sub) in enumerate(all_nets):
+        for other, osub in all_nets[:i]:
+            if ipaddress.ip_network(sub).overlaps(ipaddress.ip_network(osub)):
+                add(
+                    ("networks", n),
+                    "subnet",
+                    f"{sub} overlaps network {other} ({osub}); pick another subnet",
+                )
+
     # [containers.NAME] ----------------------------------------------------
     specs: list[ContainerSpec] = []
     seen: set[tuple[str, str]] = set()
@@ -1609,7 +1699,9 @@ def load_config(
     if problems:
         problems.sort(key=lambda p: p.line if p.line is not None else 1 << 30)
         raise ConfigError(problems, source)
-    return DaemonConfig(**settings, containers=tuple(specs), source=source)
+    return DaemonConfig(
+        **settings, containers=tuple(specs), networks=tuple(networks), source=source
+    )
 
 
 def check_config(

@@ -119,6 +119,10 @@ class Api:
             ("POST", rf"/v1/containers/{n}/update", self.update),
             ("GET", rf"/v1/containers/{n}/logs", self.logs),
             ("GET", r"/v1/events", self.event_stream),
+            ("GET", r"/v1/networks", self.network_list),
+            ("POST", r"/v1/networks", self.network_create),
+            ("GET", rf"/v1/networks/{n}", self.network_inspect),
+            ("DELETE", rf"/v1/networks/{n}", self.network_remove),
             ("POST", r"/v1/reload", self.reload),
         ]:
             self.routes.append((method, re.compile(pattern + "$"), handler))
@@ -236,6 +240,30 @@ class Api:
             async for record in follow_log(logf, stop=run.done):
                 yield record
             yield {"exit_code": run.exit_code, "oom_killed": run.oom_killed}
+
+    # ---- networks (supervisor.network) ---------------------------------------
+
+    async def network_list(self, req: Request) -> Any:
+        net = self.m.network
+        return [net.describe(n) for _, n in sorted(net.networks.items())]
+
+    async def network_create(self, req: Request) -> Any:
+        body = await req.json()
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ConfigError([Problem("body", 'expected {"name": NAME, "subnet": CIDR}')])
+        mtu = body.get("mtu")
+        created = await self.m.network.create_network(
+            body["name"], str(body.get("subnet", "")), int(mtu) if mtu is not None else None
+        )
+        return self.m.network.describe(created)
+
+    async def network_inspect(self, req: Request) -> Any:
+        net = self.m.network
+        return net.describe(net.get_network(req.params["name"]))
+
+    async def network_remove(self, req: Request) -> Any:
+        await self.m.network.remove_network(req.params["name"])
+        return {"name": req.params["name"]}
 
     async def update(self, req: Request) -> Any:
         """Body {"spec": {raw keys to change}}: the limits of a container,

@@ -82,6 +82,7 @@ class Daemon:
         from supervisor.daemon.containers import ContainerManager
         from supervisor.daemon.events import EventBus
         from supervisor.daemon.reaper import Reaper
+        from supervisor.network.manager import NetworkManager
 
         self.cfg = cfg
         self.config_path = config_path
@@ -97,6 +98,13 @@ class Daemon:
             reaper=self.reaper,
             events=self.events,
             defaults=dict(getattr(cfg, "backoff_defaults", {})),
+            network=NetworkManager(
+                cfg.state_dir,
+                prefix=cfg.net_prefix,
+                bridge=cfg.bridge,
+                subnet=cfg.bridge_subnet,
+                networks=cfg.networks,
+            ),
         )
         self.shutdown = trio.Event()
         self.ready = trio.Event()
@@ -135,6 +143,7 @@ class Daemon:
 
     async def _start_containers(self) -> None:
         restored = self.manager.load_persisted()
+        await self.manager.reconcile_network(restored)
         for c, st in restored:
             await self.manager.restore(c, st)
         for spec in self.cfg.containers:

@@ -36,6 +36,8 @@ from supervisor.daemon.reaper import Reaper
 from supervisor.daemon.statefile import read_json, write_json
 from supervisor.errors import ConfigError, KernelError, NotFoundError, Problem, StateError
 from supervisor.lifecycle import State, is_active, transition
+from supervisor.network import model as netmodel
+from supervisor.network.manager import NetworkManager
 from supervisor.policy import decide, start_on_boot
 from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 
@@ -163,8 +165,10 @@ class ContainerManager:
         events: EventBus,
         defaults: dict[str, Any] | None = None,
         host_cpus: int | None = None,
+        network: NetworkManager | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.network = network or NetworkManager(state_dir)
         self.containers_dir = os.path.join(state_dir, "containers")
         os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
         self.zygote = zygote
@@ -321,7 +325,12 @@ class ContainerManager:
     def create(self, raw: dict[str, Any]) -> Container:
         """Validate and register a container. Nothing is created on the host
         (no state entry, no cgroup) unless the whole spec is valid."""
-        return self.register(self.validate(raw))
+        spec = self.validate(raw)
+        self.network.check(spec.network, spec.publish)  # an unknown network: nothing registered
+        target = netmodel.container_target(spec.network)
+        if target is not None:
+            self.get(target)
+        return self.register(spec)
 
     def register(self, spec: ContainerSpec, *, from_config: bool = False) -> Container:
         if spec.name in self.containers:
@@ -352,6 +361,7 @@ class ContainerManager:
                 )
             await self.kill_and_wait(c)
         self._set_state(c, "remove")
+        await self.network.release(c.name)
         await trio.to_thread.run_sync(self.cgroups.remove, c.name)
         self.memwatch.retire(c.name)
         shutil.rmtree(c.dir, ignore_errors=True)
@@ -391,10 +401,20 @@ class ContainerManager:
             with _suppress_enoent():
                 os.unlink(c.exit_path)
             t0 = time.monotonic()
+            net_path, net_files = await self._network_for(c)
             launched: Launched = await self.zygote.launch(
-                translate.launch_spec_for(c.spec, self.cgroups, c.log_path, c.exit_path)
+                translate.launch_spec_for(
+                    c.spec,
+                    self.cgroups,
+                    c.log_path,
+                    c.exit_path,
+                    net_path=net_path,
+                    net_files=net_files,
+                )
             )
         except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self.network.detach(c.name)
             c.error = str(exc)
             self._set_state(c, "failed")
             self.events.publish("start_failed", c.name, error=str(exc))
@@ -421,6 +441,35 @@ class ContainerManager:
             started_at=run.started_at,  # the monitor's clock at exec (bench: restart latency)
         )
         return run
+
+    async def _network_for(self, c: Container) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The network namespace to join and the files to bind for this run:
+        a bridge network is set up here, before the launch; container:NAME
+        joins the target's namespace (its namespace file, or its workload's
+        /proc/PID/ns/net checked against the recorded start time)."""
+        mode = c.spec.network
+        if netmodel.uses_bridge(mode):
+            att = await self.network.attach(
+                c.name, mode, c.spec.hostname or c.name[:64], c.spec.publish
+            )
+            return att.netns_path, att.mounts
+        target = netmodel.container_target(mode)
+        if target is None:
+            return "", ()
+        t = self.get(target)
+        run = t.run
+        if t.state != "running" or run is None or run.workload_pid is None:
+            raise StateError(
+                f"container {target} is not running ({t.state}); start it before {c.name}, "
+                f"which joins its network namespace (--network container:{target})"
+            )
+        if netmodel.uses_bridge(t.spec.network):
+            return self.network.netns_path(target), self.network.files_for(target)
+        if t.spec.network == "host":
+            return f"/proc/{os.getpid()}/ns/net", ()
+        if _proc_starttime(run.workload_pid) != run.workload_starttime:
+            raise StateError(f"container {target}'s workload is gone; it is restarting?")
+        return f"/proc/{run.workload_pid}/ns/net", ()
 
     async def _supervise(
         self,
@@ -632,6 +681,8 @@ class ContainerManager:
         c.exit_code, c.oom_killed, c.finished_at = code, oom, finished
         if c.state == "restarting":  # adopted while in backoff: nothing to do
             pass
+        with trio.CancelScope(shield=True):
+            await self.network.detach(c.name)  # veth, namespace, rules: only while it runs
         self._set_state(c, "exit")
         run.done.set()
         self.events.publish("die", c.name, exit_code=code, oom_killed=oom, finished_at=finished)
@@ -754,6 +805,7 @@ class ContainerManager:
                 "memory_events": self.memwatch.counts(c.name),
                 "oom_kills": self.memwatch.counts(c.name).get("oom_kill"),
                 "log_path": c.log_path,
+                "network": self.network.container_info(c.name),
                 "from_config": c.from_config,
                 "health_check": None
                 if c.spec.health is None
@@ -875,6 +927,29 @@ class ContainerManager:
             workload_pid=workload_pid,
             workload_starttime=st.get("workload_starttime"),
         )
+
+    async def reconcile_network(self, restored: list[tuple[Container, dict[str, Any]]]) -> None:
+        """At daemon start, before any container is restored: the network
+        endpoints of containers whose monitor still runs are kept, everything
+        else of this daemon's networking in the kernel is removed (a daemon
+        killed with -9 leaves veths, namespaces and rules of containers that
+        died meanwhile), and addresses of unknown containers are freed."""
+        running: dict[str, tuple[str, str, tuple[netmodel.PortMapping, ...]]] = {}
+        for c, st in restored:
+            pid, starttime = st.get("pid"), st.get("pid_starttime")
+            if (
+                st.get("state") in ("running", "stopping", "starting")
+                and pid
+                and _proc_starttime(int(pid)) == starttime
+                and _proc_state(int(pid)) not in ("Z", "X", None)
+                and netmodel.uses_bridge(c.spec.network)
+            ):
+                running[c.name] = (c.spec.network, c.spec.hostname or c.name[:64], c.spec.publish)
+        self.network.forget_missing(self.containers)
+        try:
+            await self.network.reconcile(running)
+        except (OSError, KernelError) as exc:
+            log.error("network.reconcile_failed", error=str(exc))
 
     async def _clear_cgroup(self, c: Container) -> None:
         """Before a restored container runs again, nothing of an earlier run

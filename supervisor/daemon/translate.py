@@ -9,7 +9,7 @@ import os
 from supervisor.cgroups import CgroupManager, Limits
 from supervisor.cgroups.limits import DeviceWeight, IoThrottle
 from supervisor.config import ContainerSpec
-from supervisor.runtime.spec import LaunchSpec, Mount, Namespaces
+from supervisor.runtime.spec import LaunchSpec, Mount, Namespaces, NetMode
 
 
 def limits_for(spec: ContainerSpec) -> Limits:
@@ -70,8 +70,18 @@ def _mount(m: object) -> Mount:
 
 
 def launch_spec_for(
-    spec: ContainerSpec, cgroups: CgroupManager, log_path: str, exit_path: str
+    spec: ContainerSpec,
+    cgroups: CgroupManager,
+    log_path: str,
+    exit_path: str,
+    *,
+    net_path: str = "",
+    net_files: tuple[tuple[str, str], ...] = (),
 ) -> LaunchSpec:
+    """net_path / net_files: the network namespace to join and the files
+    (hosts, resolv.conf) to bind, from supervisor.network, for a bridge
+    network or container:NAME; empty for none and host."""
+    net: NetMode = "join" if net_path else ("host" if spec.network == "host" else "none")
     return LaunchSpec(
         name=spec.name,
         rootfs=spec.rootfs,
@@ -83,9 +93,15 @@ def launch_spec_for(
         additional_gids=spec.additional_gids,
         hostname=spec.hostname if spec.uts == "private" else "",
         namespaces=Namespaces(
-            pid=spec.pid, uts=spec.uts, ipc=spec.ipc, cgroup=spec.cgroupns, net=spec.network
+            pid=spec.pid,
+            uts=spec.uts,
+            ipc=spec.ipc,
+            cgroup=spec.cgroupns,
+            net=net,
+            net_path=net_path,
         ),
-        mounts=tuple(_mount(m) for m in spec.mounts),
+        mounts=tuple(Mount(type="bind", destination=dst, source=src) for src, dst in net_files)
+        + tuple(_mount(m) for m in spec.mounts),
         read_only=spec.read_only,
         capabilities=tuple(sorted(spec.capabilities)),
         cgroup_procs=tuple(cgroups.procs_files(spec.name)),

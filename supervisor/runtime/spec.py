@@ -18,7 +18,7 @@ from supervisor.runtime.caps import CAPABILITIES, DEFAULT_CAPS
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 NsMode = Literal["private", "host"]
-NetMode = Literal["none", "host"]
+NetMode = Literal["none", "host", "join"]
 
 
 class LaunchSpecError(NsvisorError, ValueError):
@@ -39,6 +39,9 @@ class Namespaces:
     ipc: NsMode = "private"
     cgroup: NsMode = "private"
     net: NetMode = "none"
+    # net "join": setns into this namespace file instead of a new namespace
+    # (the daemon's pre-configured bridge namespace, or another container's).
+    net_path: str = ""
 
     def __post_init__(self) -> None:
         for name in ("pid", "uts", "ipc", "cgroup"):
@@ -46,8 +49,12 @@ class Namespaces:
                 raise LaunchSpecError(
                     f"namespaces.{name} must be 'private' or 'host', not {getattr(self, name)!r}"
                 )
-        if self.net not in ("none", "host"):
-            raise LaunchSpecError(f"namespaces.net must be 'none' or 'host', not {self.net!r}")
+        if self.net not in ("none", "host", "join"):
+            raise LaunchSpecError(
+                f"namespaces.net must be 'none', 'host' or 'join', not {self.net!r}"
+            )
+        if (self.net == "join") != bool(self.net_path):
+            raise LaunchSpecError("namespaces.net_path is given exactly with net 'join'")
 
 
 @dataclass(frozen=True, kw_only=True)

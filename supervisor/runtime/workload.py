@@ -346,6 +346,8 @@ def _unshare(spec: LaunchSpec) -> None:
         "mount": True,
     }
     for name, flag in NAMESPACE_ORDER:
+        if name == "net" and spec.namespaces.net == "join":
+            _join_netns(spec.namespaces.net_path)
         if private[name]:
             try:
                 linux.unshare(flag)
@@ -353,6 +355,22 @@ def _unshare(spec: LaunchSpec) -> None:
                 raise OSError(
                     e.errno, f"unshare {name} namespace: {os.strerror(e.errno or 0)}"
                 ) from None
+
+
+def _join_netns(path: str) -> None:
+    """Bridge networks and container:NAME: the daemon made and configured the
+    namespace before the launch (supervisor.network); the workload only joins
+    it, in the host mount namespace still, where the file is visible."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(
+            e.errno, f"open network namespace {path}: {os.strerror(e.errno or 0)}"
+        ) from None
+    try:
+        linux.setns(fd, linux.CLONE_NEWNET)
+    finally:
+        os.close(fd)
 
 
 SIOCGIFFLAGS = 0x8913

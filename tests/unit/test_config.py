@@ -232,7 +232,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
             "restart": "sometimes",
             "volumes": ["relative:/data"],
             "memroy": "1g",
-            "network": "bridge",
+            "network": "container:",
         },
         host_cpus=4,
     )
@@ -256,7 +256,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
     assert "unknown restart policy" in found["restart"] and "on-failure[:N]" in found["restart"]
     assert "is not an absolute host path" in found["volumes"]
-    assert found["network"].startswith("bridge networking is not available yet")
+    assert "is not a container name" in found["network"]
     assert "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}" in found["name"]
 
 
@@ -294,8 +294,10 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         ({"read_only": "yes"}, "read_only", "is not a boolean; use true or false"),
         ({"stop_signal": "SIGNOPE"}, "stop_signal", "unknown signal"),
         ({"stop_timeout": -1}, "stop_timeout", "is negative"),
-        ({"network": "bridge"}, "network", "bridge networking is not available yet"),
-        ({"network": "overlay"}, "network", 'use "none" (loopback only) or "host"'),
+        ({"network": "container:"}, "network", "is not a container name"),
+        ({"network": "no such"}, "network", '"bridge", "container:NAME" or the name'),
+        ({"publish": ["8080:80"]}, "publish", "needs a bridge network"),
+        ({"network": "bridge", "publish": ["80"]}, "publish", "HOST_PORT:CONTAINER_PORT"),
         ({"pid": "shared"}, "pid", 'use "private" (the default) or "host"'),
         ({"cgroupns": 1}, "cgroupns", "not a namespace mode"),
         ({"cap_add": ["NET_ADMN"]}, "cap_add", "unknown capability"),
