@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Protocol
+
+from supervisor.runtime.devices import DeviceRule
 
 from .limits import Limits
 from .stats import Stats
@@ -23,6 +26,11 @@ class CgroupManager(Protocol):
         """mkdir the cgroup (and the parent) in every hierarchy and write the
         limits; on failure remove what this call created. Idempotent: on an
         existing cgroup it reapplies the limits."""
+        ...
+
+    def set_devices(self, name: str, rules: Sequence[DeviceRule]) -> None:
+        """Deny every device but `rules` (v1 devices controller, v2 BPF
+        program). Call after create() and before any process joins."""
         ...
 
     def update(self, name: str, limits: Limits) -> None:

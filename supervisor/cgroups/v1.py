@@ -9,11 +9,12 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from supervisor.errors import KernelError
+from supervisor.runtime.devices import DeviceRule
 
-from . import _fs, parse
+from . import _fs, devices, parse
 from .limits import (
     BFQ_WEIGHT_DEFAULT,
     BLKIO_WEIGHT_DEFAULT,
@@ -31,8 +32,9 @@ from .stats import Stats
 # The v1 controllers nsvisor uses. cpuset is joined too: a new v1 cpuset
 # starts with empty cpus/mems, which no task may join, so create() copies the
 # parent's values down first (what cgroup.clone_children would do, without
-# changing a flag on a cgroup we did not create). devices is not limited here.
-CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "freezer")
+# changing a flag on a cgroup we did not create). devices carries the device
+# policy (set_devices), not a Limits field.
+CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "freezer", "devices")
 
 # blkio.throttle files: Limits field of IoThrottle -> file.
 THROTTLE_FILES = (
@@ -419,6 +421,29 @@ class V1Manager:
                     continue  # a fixture tree without the file
                 except OSError as e:
                     raise _fs.io_error(path, e, "initialise", "run as root") from e
+
+    def set_devices(self, name: str, rules: Sequence[DeviceRule]) -> None:
+        """The v1 devices controller is the policy; the cgroup2 BPF program
+        (when the unified hierarchy is mounted) is added as defence in depth
+        and may fail (an old kernel without CONFIG_CGROUP_BPF). Without the
+        devices controller the BPF program is the policy and must attach."""
+        directory = self._ctl("devices", name)
+        if directory is not None:
+            devices.apply_v1(directory, rules)
+        unified = self._unified_dir(name)
+        if unified is not None:
+            try:
+                devices.apply_v2(unified, rules)
+            except KernelError:
+                if directory is None:
+                    raise
+        elif directory is None:
+            raise KernelError(
+                f"no devices controller under {self.root} and no cgroup2 hierarchy: "
+                "mount the v1 devices controller, or the container's devices would be unrestricted",
+                errno=errno.ENOENT,
+                path=self.root,
+            )
 
     def read_limits(self, name: str) -> Limits:
         self._require(name)

@@ -7,11 +7,12 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from supervisor.errors import KernelError
+from supervisor.runtime.devices import DeviceRule
 
-from . import _fs, parse
+from . import _fs, devices, parse
 from .limits import (
     BFQ_WEIGHT_DEFAULT,
     CPU_WEIGHT_DEFAULT,
@@ -220,6 +221,11 @@ class V2Manager:
         return os.path.join(self.root, self.parent, name)
 
     # --- limits -----------------------------------------------------------
+
+    def set_devices(self, name: str, rules: Sequence[DeviceRule]) -> None:
+        """v2 has no devices controller: a BPF_PROG_TYPE_CGROUP_DEVICE program
+        (supervisor.cgroups.devices), attached before any process joins."""
+        devices.apply_v2(self._dir(name), rules)
 
     def create(self, name: str, limits: Limits) -> None:
         target = self._dir(name)

@@ -54,7 +54,7 @@ import termios
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from supervisor.runtime import linux
+from supervisor.runtime import linux, seccomp
 from supervisor.runtime.caps import CAPABILITIES
 from supervisor.runtime.spec import DEFAULT_PATH
 
@@ -90,6 +90,7 @@ class ExecSpec:
     target_pid: int  # the workload's host pid: its namespaces are joined
     target_starttime: int | None  # /proc/PID/stat field 22 at launch
     tty: bool = False
+    seccomp: str = "default"  # the container's setting (LaunchSpec.seccomp)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -320,6 +321,10 @@ def _exec_child(spec: ExecSpec, namespaces: list[tuple[str, int, int]], errfd: i
         os.chdir(spec.cwd)
         step = "drop privileges"
         _drop_privileges(spec)
+        step = "load the seccomp profile"  # the container's, so exec is no way around it
+        profile = seccomp.profile_for(spec.seccomp)
+        if profile is not None:
+            seccomp.load(seccomp.compile_profile(profile, spec.capabilities))
         step = "exec"
         try:
             _execvpe(spec)

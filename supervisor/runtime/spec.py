@@ -89,6 +89,26 @@ class Mount:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeviceNode:
+    """A device node to create in the container (`--device`): path inside,
+    "c" or "b", major, minor, permissions (mode & 0o777), owner."""
+
+    path: str
+    type: Literal["c", "b"]
+    major: int
+    minor: int
+    mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/dev/") or ".." in self.path.split("/"):
+            raise LaunchSpecError(f"device path {self.path!r} must be below /dev/")
+        if self.type not in ("c", "b"):
+            raise LaunchSpecError(f"device type must be 'c' or 'b', not {self.type!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class LaunchSpec:
     name: str
     rootfs: str
@@ -123,6 +143,13 @@ class LaunchSpec:
     tty: bool = False
     stdin: bool = False
     attach_path: str | None = None
+    # seccomp: "default" (supervisor.runtime.seccomp.default_profile), "unconfined",
+    # or the JSON text of a Docker-format profile; compiled in the workload
+    # against `capabilities` and loaded right before execve.
+    seccomp: str = "default"
+    # Extra device nodes (--device): created in /dev by the workload; the cgroup
+    # device policy that lets them be opened is set by the daemon.
+    devices: tuple[DeviceNode, ...] = ()
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -166,6 +193,7 @@ class LaunchSpec:
         raw["mounts"] = tuple(
             Mount(**{**m, "options": tuple(m.get("options", ()))}) for m in raw.get("mounts", ())
         )
+        raw["devices"] = tuple(DeviceNode(**d) for d in raw.get("devices", ()))
         raw["rlimits"] = tuple(tuple(u) for u in raw.get("rlimits", ()))
         for key in ("argv", "env", "additional_gids", "capabilities", "cgroup_procs"):
             if key in raw:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from supervisor.runtime import linux
+from supervisor.runtime import linux, seccomp
 from supervisor.runtime.caps import CAPABILITIES
 from supervisor.runtime.console import CONSOLE_FD, setup_console
 from supervisor.runtime.rlimits import apply as apply_rlimits
@@ -122,6 +122,10 @@ class MakeDev:
     target: str
     major: int
     minor: int
+    block: bool = False  # a block device (--device); the defaults are char devices
+    mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,10 @@ def rootfs_plan(spec: LaunchSpec) -> list[Op]:
         ),
     ]
     ops += [MakeDev(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
+    for d in spec.devices:  # --device: usable only because the cgroup policy allows it
+        if os.path.dirname(d.path) != "/dev":
+            ops.append(MakeDir(os.path.dirname(d.path)))
+        ops.append(MakeDev(d.path, d.major, d.minor, d.type == "b", d.mode, d.uid, d.gid))
     ops += [
         MakeDir("/dev/pts"),
         MountFs(
@@ -292,8 +300,11 @@ def apply(ops: Sequence[Op], rootfs: str) -> None:
             os.chmod(path, op.mode)
         elif isinstance(op, MakeDev):
             path = secure_join(root, op.target)
-            linux.mknod(path, stat.S_IFCHR | 0o666, os.makedev(op.major, op.minor))
-            os.chmod(path, 0o666)  # mknod honours the umask
+            kind = stat.S_IFBLK if op.block else stat.S_IFCHR
+            linux.mknod(path, kind | op.mode, os.makedev(op.major, op.minor))
+            os.chmod(path, op.mode)  # mknod honours the umask
+            if op.uid or op.gid:
+                os.chown(path, op.uid, op.gid)
         elif isinstance(op, Symlink):
             os.symlink(op.link_target, secure_join(root, op.target))
         elif isinstance(op, Bind):
@@ -422,6 +433,17 @@ def _privileges(spec: LaunchSpec) -> None:
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
 
 
+def _seccomp(spec: LaunchSpec) -> None:
+    """The last step before execve: after no_new_privs (set in _privileges), so
+    an unprivileged workload may install it and it binds everything exec'd."""
+    try:
+        profile = seccomp.profile_for(spec.seccomp)
+        if profile is not None:
+            seccomp.load(seccomp.compile_profile(profile, spec.capabilities))
+    except seccomp.ProfileError as e:
+        raise OSError(errno.EINVAL, str(e)) from None
+
+
 def _resources(spec: LaunchSpec) -> None:
     """ulimits and oom_score_adj: inherited across exec, set while the
     workload still has CAP_SYS_RESOURCE (raising a hard limit or lowering
@@ -441,6 +463,7 @@ WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
     ("chdir", _chdir),
     ("set rlimits and oom_score_adj", _resources),
     ("drop privileges", _privileges),
+    ("load the seccomp profile", _seccomp),
 )
 
 
