@@ -1,0 +1,75 @@
+"""`nsvisor update` changes the limits of a running container in place, like
+`docker update`: the kernel has the new values at once (inspect reads them
+back), the spec is persisted, and the next OOM respects the new limit.
+Marked `cgroups`: run on this host's layout and in the v2 VM."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Daemon
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cgroups]
+
+MiB = 1 << 20
+# Waits for /tmp/go, then holds 40 MiB (tail keeps a line without newline whole).
+HOG = "while [ ! -e /tmp/go ]; do sleep 0.1; done; head -c 40m /dev/zero | tail"
+
+
+def test_update_lowers_memory_in_place_and_the_next_oom_respects_it(
+    running_daemon: Daemon,
+) -> None:
+    d = running_daemon
+    d.cli(
+        "run", "-d", "--name", "upd", "--memory", "64m", "--memory-swap", "64m",
+        "--tmpfs", "/tmp", d.rootfs, "--", "sh", "-c", HOG,
+    )  # fmt: skip
+    info = d.wait_for("upd", lambda i: i["state"] == "running")
+    assert info["limits"]["memory_max"] == 64 * MiB
+    # Under the old limit 40 MiB fit.
+    r = d.cli("exec", "upd", "sh", "-c", "head -c 40m /dev/zero | tail | wc -c", timeout=120)
+    assert r.stdout.strip() == str(40 * MiB), r
+    d.cli("update", "--memory", "24m", "--memory-swap", "24m", "--pids-limit", "40", "upd")
+    info = d.inspect("upd")
+    assert info["state"] == "running"  # in place: not restarted
+    assert info["limits"]["memory_max"] == 24 * MiB, info["limits"]
+    assert info["limits"]["pids_max"] == 40
+    assert info["config"]["memory"] == 24 * MiB  # persisted
+    d.cli("exec", "upd", "touch", "/tmp/go")
+    info = d.wait_for("upd", lambda i: i["state"] == "exited", timeout=120)
+    assert info["exit_code"] == 137 and info["oom_killed"] is True, info
+
+
+def test_update_cpus_replaces_the_quota_and_survives_a_daemon_restart(
+    running_daemon: Daemon,
+) -> None:
+    d = running_daemon
+    d.cli("run", "-d", "--name", "cpu", "--cpus", "0.5", d.rootfs, "--", "sleep", "1000")
+    d.wait_for("cpu", lambda i: i["state"] == "running")
+    d.cli("update", "--cpus", "1.5", "cpu")
+    limits = d.inspect("cpu")["limits"]
+    assert (limits["cpu_quota_us"], limits["cpu_period_us"]) == (150_000, 100_000)
+    d.cli("update", "--cpu-quota", "20000", "--cpu-period", "50000", "cpu")
+    info = d.inspect("cpu")
+    assert (info["limits"]["cpu_quota_us"], info["limits"]["cpu_period_us"]) == (20_000, 50_000)
+    assert "cpus" not in info["config"]
+    d.stop_daemon()
+    d.start()
+    info = d.wait_for("cpu", lambda i: i["state"] == "running")
+    assert (info["config"]["cpu_quota"], info["config"]["cpu_period"]) == (20_000, 50_000)
+
+
+def test_bad_update_is_refused_and_changes_nothing(running_daemon: Daemon) -> None:
+    d = running_daemon
+    d.cli("run", "-d", "--name", "keep", "--memory", "64m", d.rootfs, "--", "sleep", "1000")
+    d.wait_for("keep", lambda i: i["state"] == "running")
+    r = d.cli("update", "--memory-reservation", "128m", "keep", check=False)
+    assert r.returncode == 2 and "--memory-reservation" in r.stderr and "above memory" in r.stderr
+    r = d.cli("update", "--cpuset-cpus", "4096", "keep", check=False)
+    assert r.returncode == 2 and "--cpuset-cpus" in r.stderr, r
+    r = d.cli("update", "keep", check=False)
+    assert r.returncode == 2 and "at least one limit" in r.stderr, r
+    r = d.cli("update", "--memory", "32m", "nosuch", check=False)
+    assert r.returncode == 1 and "no such container" in r.stderr, r
+    info = d.inspect("keep")
+    assert info["limits"]["memory_max"] == 64 << 20 and info["limits"]["memory_low"] is None
