@@ -541,6 +541,31 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return _attach(args, args.name, start=False)
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from supervisor.statsview import show_stats
+
+    query: dict[str, str] = {"stream": "0" if args.no_stream else "1"}
+    if args.names:
+        query["names"] = ",".join(args.names)
+    client = _client(args)
+    path = "/v1/stats?" + urlencode(query)
+    if args.no_stream:
+        snapshots: Iterable[Any] = [client.request("GET", path)[1]]
+    else:
+        snapshots = client.stream("GET", path)
+    try:
+        return show_stats(snapshots, fmt=args.format, stream=not args.no_stream)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from supervisor.statsview import show_top
+
+    _, reply = _client(args).request("GET", _container_path(args.name, "top"))
+    return show_top(reply.get("processes", []) if isinstance(reply, dict) else [], fmt=args.format)
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     _, summaries = _client(args).request("GET", "/v1/containers?all=" + ("1" if args.all else "0"))
     summaries = summaries if isinstance(summaries, list) else []
@@ -999,6 +1024,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keys that detach (default ctrl-p,ctrl-q)",
     )
     p.add_argument("--no-stdin", action="store_true", help="do not pass stdin to the container")
+    p.add_argument("name", metavar="NAME")
+
+    p = add("stats", cmd_stats, "live CPU, memory, network, block I/O and pids of containers")
+    p.add_argument("--no-stream", action="store_true", help="print one sample and exit")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these (default: all running)")
+
+    p = add("top", cmd_top, "list a container's processes (host and container pids)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("name", metavar="NAME")
 
     add("reload", cmd_reload, "re-read the daemon's config file (as SIGHUP)")

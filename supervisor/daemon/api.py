@@ -12,6 +12,8 @@ Routes (all under /v1):
   GET    /containers/NAME/logs?follow=0|1&tail=N&since=EPOCH
   POST   /containers/NAME/wait
   GET    /events
+  GET    /stats?stream=0|1&names=A,B    ndjson {"time", "seq", "containers": [...]} (daemon/stats.py)
+  GET    /containers/NAME/top           the container's processes
   POST   /reload                       re-read the config file (as SIGHUP)
   WS     /containers/NAME/exec         websocket: exec (see _exec_session)
   WS     /containers/NAME/attach       websocket: attach (supervisor.daemon.attach)
@@ -104,6 +106,7 @@ class Api:
         self.events = events
         self._reload = reload
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._stats_hub: Any = None  # supervisor.daemon.stats.StatsHub, made on first use
         n = r"(?P<name>[^/]+)"
         for method, pattern, handler in [
             ("GET", r"/v1/version", self.version),
@@ -118,6 +121,8 @@ class Api:
             ("POST", rf"/v1/containers/{n}/wait", self.wait),
             ("POST", rf"/v1/containers/{n}/update", self.update),
             ("GET", rf"/v1/containers/{n}/logs", self.logs),
+            ("GET", rf"/v1/containers/{n}/top", self.top),
+            ("GET", r"/v1/stats", self.stats),
             ("GET", r"/v1/events", self.event_stream),
             ("GET", r"/v1/networks", self.network_list),
             ("POST", r"/v1/networks", self.network_create),
@@ -357,6 +362,46 @@ class Api:
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await send({"type": "websocket.close", "code": 1000})
+
+    async def stats(self, req: Request) -> Any:
+        import time
+
+        from supervisor.daemon.stats import StatsHub, StatsSource
+
+        names = [n for n in req.query.get("names", "").split(",") if n]
+        for name in names:
+            self.m.get(name)  # 404 for an unknown name
+        if self._stats_hub is None:
+            cgroups = self.m.cgroups
+            self._stats_hub = StatsHub(lambda: StatsSource(cgroups.stats), lambda: self.m.views)
+        hub: StatsHub = self._stats_hub
+
+        def pick(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [r for r in rows if not names or r["name"] in names]
+
+        if not req.flag("stream"):
+            seq, rows = await hub.next(hub.seq)
+            return {"time": time.time(), "seq": seq, "containers": pick(rows)}
+
+        async def lines() -> AsyncIterator[dict[str, Any]]:
+            # A recent snapshot is shown at once; then one per interval.
+            fresh = trio.current_time() - hub.taken_at < hub.interval_s
+            seq = hub.seq - 1 if fresh else hub.seq
+            while True:
+                seq, rows = await hub.next(seq)
+                yield {"time": time.time(), "seq": seq, "containers": pick(rows)}
+
+        return Stream(lines())
+
+    async def top(self, req: Request) -> Any:
+        from supervisor.daemon.stats import process_row
+
+        c = self.m.get(req.params["name"])
+        if c.state not in ("running", "stopping"):
+            raise StateError(f"container {c.name} is not running ({c.state})")
+        pids = await trio.to_thread.run_sync(self.m.cgroups.pids, c.name)
+        rows = await trio.to_thread.run_sync(lambda: [process_row(p) for p in pids])
+        return {"name": c.name, "processes": [r for r in rows if r is not None]}
 
     async def event_stream(self, req: Request) -> Any:
         async def lines() -> AsyncIterator[dict[str, Any]]:
