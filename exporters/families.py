@@ -114,6 +114,20 @@ SIMPLE: tuple[Spec, ...] = (
         "gauge",
         lambda s: s.memory_limit,
     ),
+    # cAdvisor's name; only where a reservation is set (memory.low > 0 /
+    # a soft limit), so hosts without one export nothing rather than 0.
+    Spec(
+        "container_spec_memory_reservation_limit_bytes",
+        "Memory reservation for the container.",
+        "gauge",
+        lambda s: s.memory_reservation,
+    ),
+    Spec(
+        "nsvisor_spec_memory_high_bytes",
+        "Memory high limit (cgroup v2 memory.high) of the container.",
+        "gauge",
+        lambda s: s.memory_high,
+    ),
     Spec(
         "container_spec_memory_swap_limit_bytes",
         "Memory swap limit for the container.",

@@ -46,6 +46,10 @@ class Stats:
     memory_swap_usage: int | None = None
     memory_swap_limit: int | None = None
     """swap only (not memory+swap); None also when unlimited."""
+    memory_reservation: int | None = None
+    """v2 memory.low / v1 memory.soft_limit_in_bytes; None also when unset."""
+    memory_high: int | None = None
+    """v2 memory.high; None when unlimited and on v1."""
     memory_rss: int | None = None
     memory_cache: int | None = None
     memory_mapped_file: int | None = None

@@ -624,6 +624,9 @@ class V1Manager:
             # total_swap is in memory.stat only with swap accounting on.
             memory_swap_usage=mem.get("total_swap"),
             memory_swap_limit=_swap_only(limit, memsw),
+            memory_reservation=r.read(
+                _j(memory, "memory.soft_limit_in_bytes"), parse.parse_limit, optional=True
+            ),
             # total_* include child cgroups, matching v2's hierarchical numbers.
             memory_rss=mem.get("total_rss"),
             memory_cache=mem.get("total_cache"),

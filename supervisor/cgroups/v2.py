@@ -429,6 +429,10 @@ class V2Manager:
             # memory.swap.* exist only with swap accounting compiled in and on.
             memory_swap_usage=r.read(_j(d, "memory.swap.current"), parse.parse_int, optional=True),
             memory_swap_limit=r.read(_j(d, "memory.swap.max"), parse.parse_limit, optional=True),
+            # 0 is "no protection": reported as unset, like an unlimited limit.
+            memory_reservation=r.read(_j(d, "memory.low"), parse.parse_limit, optional=True)
+            or None,
+            memory_high=r.read(_j(d, "memory.high"), parse.parse_limit, optional=True),
             memory_rss=mem.get("anon"),
             memory_cache=mem.get("file"),
             memory_mapped_file=mem.get("file_mapped"),

@@ -120,6 +120,7 @@ def test_inspect_shows_the_limits_read_back_from_the_kernel(
     assert metric(s, "container_spec_cpu_quota", "lim") == 25000
     assert metric(s, "container_spec_cpu_period", "lim") == 50000
     assert metric(s, "container_spec_memory_limit_bytes", "lim") == 64 << 20
+    assert metric(s, "container_spec_memory_reservation_limit_bytes", "lim") == 32 << 20
 
 
 @pytest.mark.cgroup2
