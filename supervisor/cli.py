@@ -174,13 +174,22 @@ def run_raw(
                 v = os.path.normpath(os.path.join(cwd, src)) + sep + rest
             volumes.append(v)
         raw["volumes"] = volumes
-    raw.update(limit_lists(args))
     if getattr(args, "publish", None) is not None:
         raw["publish"] = list(args.publish)
-    for attr in ("tmpfs", "cap_add", "cap_drop"):
-        value = getattr(args, attr)
+    raw.update(limit_lists(args))
+    for attr in ("tmpfs", "cap_add", "cap_drop", "security_opt", "device"):
+        value = getattr(args, attr, None)
         if value is not None:
-            raw[attr] = list(value)
+            raw["devices" if attr == "device" else attr] = list(value)
+    if raw.get("security_opt"):  # a relative profile path is the caller's, as with -v
+        raw["security_opt"] = [
+            "seccomp=" + os.path.abspath(o[8:])
+            if o.startswith("seccomp=") and o[8:] not in ("unconfined", "default")
+            else o
+            for o in raw["security_opt"]
+        ]
+    if getattr(args, "userns", None):
+        raw["userns"] = args.userns
     for attr in ("read_only", "auto_remove"):
         if getattr(args, attr):
             raw[attr] = True
@@ -910,6 +919,23 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         a(f"--{ns}", help=f"{ns} namespace: private (default) or host")
     a("--cap-add", action="append", metavar="CAP", help="add a capability (repeatable)")
     a("--cap-drop", action="append", metavar="CAP", help="drop a capability (repeatable)")
+    a(
+        "--security-opt",
+        action="append",
+        metavar="OPT",
+        help="seccomp=unconfined, seccomp=PROFILE.json (Docker's format) or no-new-privileges",
+    )
+    a(
+        "--device",
+        action="append",
+        metavar="HOST[:CONTAINER][:rwm]",
+        help="give the container a host device (repeatable)",
+    )
+    a(
+        "--userns",
+        choices=("auto", "host"),
+        help="auto: map root to a host subuid range; host: none",
+    )
     a("--backoff-initial", help="first restart delay (default 100ms)")
     a("--backoff-max", help="longest restart delay (default 60s)")
     a("--backoff-factor", help="delay multiplier per restart (default 2)")

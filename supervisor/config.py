@@ -46,6 +46,8 @@ from supervisor.network.model import (
 from supervisor.policy import Backoff, RestartPolicy, parse_restart_policy
 from supervisor.runtime import rlimits
 from supervisor.runtime.caps import effective_caps, normalize_cap
+from supervisor.runtime.devices import DeviceMapping, parse_device
+from supervisor.runtime.seccomp import SecurityOpts, parse_security_opts
 from supervisor.units import parse_duration, parse_signal, parse_size, signal_name
 
 # ---------------------------------------------------------------------------
@@ -99,6 +101,10 @@ RAW_KEYS: tuple[str, ...] = (
     "cgroupns",
     "cap_add",
     "cap_drop",
+    "security_opt",
+    "seccomp_profile",
+    "devices",
+    "userns",
     "auto_remove",
     "tty",
     "interactive",
@@ -241,6 +247,13 @@ class ContainerSpec:
     cap_add: tuple[str, ...] = ()  # normalised names, as given
     cap_drop: tuple[str, ...] = ()
     capabilities: frozenset[str] = frozenset()  # the final set (effective_caps)
+    security_opt: tuple[str, ...] = ()  # as given (Docker's --security-opt)
+    # The LaunchSpec's seccomp setting: "default", "unconfined" or the profile's
+    # JSON text (read once, at validation; persisted as seccomp_profile).
+    seccomp: str = "default"
+    seccomp_source: str = "default"  # for inspect: default, unconfined or the file
+    devices: tuple[DeviceMapping, ...] = ()  # --device, resolved on the host
+    userns: str = ""  # "host", "auto", or "" = the daemon's default
     auto_remove: bool = False
     # run -t / -i: a pty kept by the monitor / stdin kept open for attach.
     tty: bool = False
@@ -350,6 +363,14 @@ class ContainerSpec:
         raw["cgroupns"] = self.cgroupns
         raw["cap_add"] = list(self.cap_add)
         raw["cap_drop"] = list(self.cap_drop)
+        if self.security_opt:
+            raw["security_opt"] = list(self.security_opt)
+        if self.seccomp not in ("default", "unconfined"):
+            raw["seccomp_profile"] = self.seccomp
+        if self.devices:
+            raw["devices"] = [d.to_raw() for d in self.devices]
+        if self.userns:
+            raw["userns"] = self.userns
         raw["auto_remove"] = self.auto_remove
         if self.tty:
             raw["tty"] = True
@@ -1086,6 +1107,44 @@ def validate_container(
             if norm not in caps[key]:
                 caps[key].append(norm)
 
+    # security ---------------------------------------------------------------
+    no_opts: list[str] = []
+    security_opt = c.get(
+        "security_opt",
+        functools.partial(_str_list, example='["seccomp=unconfined"]'),
+        no_opts,
+    )
+    inline = raw.get("seccomp_profile")
+    if inline is not None and not isinstance(inline, str):
+        c.add("seccomp_profile", "must be the JSON text of a Docker seccomp profile")
+        inline = None
+    if inline is not None and not any(o.startswith("seccomp=/") for o in security_opt):
+        security_opt = [*security_opt, "seccomp=/inline"]
+    sec = SecurityOpts()
+    try:
+        sec = parse_security_opts(security_opt, inline)
+    except ValueError as exc:
+        c.add("security_opt", str(exc))
+    devices: list[DeviceMapping] = []
+    no_devices: list[str] = []
+    for entry in c.get(
+        "devices",
+        functools.partial(_str_list, example='["/dev/fuse", "/dev/sdb:/dev/xvdb:r"]'),
+        no_devices,
+    ):
+        try:
+            devices.append(parse_device(entry))
+        except ValueError as exc:
+            c.add("devices", str(exc))
+    userns = c.get("userns", _choice(("host", "auto")), "")
+    if userns == "auto":
+        # Not implemented yet (docs/security.md "User namespaces"): refusing
+        # is better than a container that looks remapped and is not.
+        c.add(
+            "userns",
+            '"auto" (a subuid range per container) is not implemented yet; use "host" or leave it unset',
+        )
+
     if c.problems:
         raise ConfigError(c.problems, source)
     return ContainerSpec(
@@ -1122,6 +1181,11 @@ def validate_container(
         cap_add=tuple(caps["cap_add"]),
         cap_drop=tuple(caps["cap_drop"]),
         capabilities=effective_caps(caps["cap_add"], caps["cap_drop"]),
+        security_opt=tuple(o for o in security_opt if o != "seccomp=/inline"),
+        seccomp=sec.seccomp,
+        seccomp_source=sec.seccomp_source,
+        devices=tuple(devices),
+        userns=userns,
         auto_remove=auto_remove,
         tty=tty,
         interactive=interactive,

@@ -39,6 +39,7 @@ from supervisor.lifecycle import State, is_active, transition
 from supervisor.network import model as netmodel
 from supervisor.network.manager import NetworkManager
 from supervisor.policy import decide, start_on_boot
+from supervisor.runtime import devices
 from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 
 log = structlog.get_logger("nsvisor")
@@ -398,6 +399,10 @@ class ContainerManager:
         try:
             limits = translate.limits_for(c.spec)
             await trio.to_thread.run_sync(self.cgroups.create, c.name, limits)
+            # Before anything joins: only the default devices and --device ones.
+            await trio.to_thread.run_sync(
+                self.cgroups.set_devices, c.name, devices.rules_for(c.spec.devices)
+            )
             with _suppress_enoent():
                 os.unlink(c.exit_path)
             t0 = time.monotonic()
@@ -801,6 +806,13 @@ class ContainerManager:
                 "error": c.error,
                 "cgroup": self.cgroups.path(c.name),
                 "cgroup_layout": self.cgroups.layout,
+                "security": {
+                    "seccomp": c.spec.seccomp_source,
+                    "capabilities": sorted(c.spec.capabilities),
+                    "devices": [d.to_raw() for d in c.spec.devices],
+                    "no_new_privileges": True,
+                    "read_only_rootfs": c.spec.read_only,
+                },
                 "limits": self.limits_in_force(c),
                 "memory_events": self.memwatch.counts(c.name),
                 "oom_kills": self.memwatch.counts(c.name).get("oom_kill"),

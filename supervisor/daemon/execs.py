@@ -172,4 +172,5 @@ def exec_spec_for(
         target_pid=target_pid,
         target_starttime=target_starttime,
         tty=req.tty,
+        seccomp=spec.seccomp,
     )

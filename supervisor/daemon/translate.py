@@ -9,7 +9,7 @@ import os
 from supervisor.cgroups import CgroupManager, Limits
 from supervisor.cgroups.limits import DeviceWeight, IoThrottle
 from supervisor.config import ContainerSpec
-from supervisor.runtime.spec import LaunchSpec, Mount, Namespaces, NetMode
+from supervisor.runtime.spec import DeviceNode, LaunchSpec, Mount, Namespaces, NetMode
 
 
 def limits_for(spec: ContainerSpec) -> Limits:
@@ -115,4 +115,9 @@ def launch_spec_for(
         tty=spec.tty,
         stdin=spec.interactive,
         attach_path=os.path.join(os.path.dirname(log_path), "attach.sock"),
+        seccomp=spec.seccomp,
+        devices=tuple(
+            DeviceNode(path=d.container_path, type=d.type, major=d.major, minor=d.minor)
+            for d in spec.devices
+        ),
     )

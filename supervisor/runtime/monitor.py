@@ -229,8 +229,9 @@ def exit_record(
 
 def write_atomic(path: str, data: bytes) -> None:
     """tmp + fsync + rename: a reader sees the whole file or none."""
+    # 0600: state files are root-only (the exit record names the command's fate).
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:

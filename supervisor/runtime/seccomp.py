@@ -553,3 +553,63 @@ def describe(setting: str, source: str | None = None) -> str:
 
 def syscall_names(flt: Filter) -> Sequence[str]:
     return sorted({name for name, _, _ in flt.rules})
+
+
+# --- --security-opt ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecurityOpts:
+    """The parsed `--security-opt` list: the seccomp setting for the
+    LaunchSpec ("default", "unconfined" or the profile's JSON text) and where
+    it came from ("default", "unconfined" or the profile file)."""
+
+    seccomp: str = DEFAULT
+    seccomp_source: str = DEFAULT
+
+
+def parse_security_opts(opts: Sequence[str], inline_profile: str | None = None) -> SecurityOpts:
+    """Docker's --security-opt values nsvisor supports:
+    seccomp=unconfined, seccomp=default, seccomp=/path/profile.json (read now),
+    no-new-privileges[=true] (always on). `inline_profile` is a profile's JSON
+    text given directly (the API/persisted form, key seccomp_profile); it wins
+    over reading the file again. ValueError names the option and the fix."""
+    setting, source = DEFAULT, DEFAULT
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key == "seccomp" and sep:
+            if value in (DEFAULT, UNCONFINED):
+                setting, source = value, value
+                continue
+            if not value.startswith("/"):
+                raise ValueError(
+                    f"{opt!r}: give seccomp=unconfined, seccomp=default or the absolute path of a Docker JSON profile"
+                )
+            source = value
+            if inline_profile is not None:
+                setting = json.dumps(parse_profile(inline_profile, value), separators=(",", ":"))
+                continue
+            try:
+                with open(value, "rb") as f:
+                    text = f.read()
+            except OSError as e:
+                raise ValueError(f"{opt!r}: cannot read the profile: {e.strerror}") from None
+            try:
+                setting = json.dumps(parse_profile(text, value), separators=(",", ":"))
+            except ProfileError as e:
+                raise ValueError(str(e)) from None
+        elif key == "no-new-privileges" and value in ("", "true"):
+            continue  # nsvisor always sets no_new_privs
+        elif key == "no-new-privileges":
+            raise ValueError(
+                f"{opt!r}: no_new_privs is always set by nsvisor and cannot be turned off"
+            )
+        elif key in ("apparmor", "label", "systempaths", "mask", "unmask"):
+            raise ValueError(
+                f"{opt!r}: {key} is not supported by nsvisor (seccomp and no-new-privileges are)"
+            )
+        else:
+            raise ValueError(
+                f"{opt!r}: unknown security option; use seccomp=unconfined, seccomp=/path/profile.json or no-new-privileges"
+            )
+    return SecurityOpts(setting, source)

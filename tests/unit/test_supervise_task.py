@@ -34,6 +34,9 @@ class FakeCgroups:
     def create(self, name: str, limits: Limits) -> None:
         self.created.append(name)
 
+    def set_devices(self, name: str, rules: object) -> None:
+        pass
+
     def remove(self, name: str) -> None:
         self.removed.append(name)
 
