@@ -568,6 +568,30 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_cp(args: argparse.Namespace) -> int:
+    from supervisor.cpclient import CpError, copy_from, copy_to, parse_ref
+
+    src_name, src = parse_ref(args.src)
+    dst_name, dst = parse_ref(args.dst)
+    if (src_name is None) == (dst_name is None):
+        raise CliError(
+            "nsvisor: cp copies between a container and the host: "
+            "nsvisor cp NAME:/path ./local  or  nsvisor cp ./local NAME:/path",
+            2,
+        )
+    try:
+        if src_name is not None:
+            copy_from(args.socket, src_name, src, dst)
+        else:
+            assert dst_name is not None
+            copy_to(args.socket, src, dst_name, dst)
+    except CpError as exc:
+        raise CliError(str(exc), exc.code) from None
+    except OSError as exc:
+        raise CliError(f"nsvisor: {exc}") from None
+    return 0
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     from supervisor.statsview import show_top
 
@@ -1056,6 +1080,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print one sample and exit")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these (default: all running)")
+
+    p = add("cp", cmd_cp, "copy files between a container and the host (owners and modes kept)")
+    p.add_argument("src", metavar="SRC", help="NAME:/path or a local path")
+    p.add_argument("dst", metavar="DST", help="a local path or NAME:/path")
 
     p = add("top", cmd_top, "list a container's processes (host and container pids)")
     p.add_argument("--format", choices=("table", "json"), default="table")

@@ -14,6 +14,7 @@ Routes (all under /v1):
   GET    /events
   GET    /stats?stream=0|1&names=A,B    ndjson {"time", "seq", "containers": [...]} (daemon/stats.py)
   GET    /containers/NAME/top           the container's processes
+  GET|PUT /containers/NAME/archive?path=P  a tar of P / extract a tar at P (cp; daemon/cp.py)
   POST   /reload                       re-read the config file (as SIGHUP)
   WS     /containers/NAME/exec         websocket: exec (see _exec_session)
   WS     /containers/NAME/attach       websocket: attach (supervisor.daemon.attach)
@@ -91,6 +92,14 @@ class Stream:
         self.lines = lines
 
 
+class Raw:
+    """A binary response body (the tar of `cp`)."""
+
+    def __init__(self, content_type: str, chunks: AsyncIterator[bytes]) -> None:
+        self.content_type = content_type
+        self.chunks = chunks
+
+
 Handler = Callable[[Request], Awaitable[Any]]
 
 
@@ -122,6 +131,8 @@ class Api:
             ("POST", rf"/v1/containers/{n}/update", self.update),
             ("GET", rf"/v1/containers/{n}/logs", self.logs),
             ("GET", rf"/v1/containers/{n}/top", self.top),
+            ("GET", rf"/v1/containers/{n}/archive", self.archive_get),
+            ("PUT", rf"/v1/containers/{n}/archive", self.archive_put),
             ("GET", r"/v1/stats", self.stats),
             ("GET", r"/v1/events", self.event_stream),
             ("GET", r"/v1/networks", self.network_list),
@@ -185,6 +196,8 @@ class Api:
             else:
                 if isinstance(result, Stream):
                     await _stream(send, receive, result)
+                elif isinstance(result, Raw):
+                    await _raw(send, result)
                 else:
                     await _reply(send, 200, result)
             return
@@ -403,6 +416,17 @@ class Api:
         rows = await trio.to_thread.run_sync(lambda: [process_row(p) for p in pids])
         return {"name": c.name, "processes": [r for r in rows if r is not None]}
 
+    async def archive_get(self, req: Request) -> Any:
+        from supervisor.daemon.cp import archive_get
+
+        content_type, chunks = await archive_get(self.m.get(req.params["name"]), req.query)
+        return Raw(content_type, chunks)
+
+    async def archive_put(self, req: Request) -> Any:
+        from supervisor.daemon.cp import archive_put
+
+        return await archive_put(self.m.get(req.params["name"]), req.query, req.receive)
+
     async def event_stream(self, req: Request) -> Any:
         async def lines() -> AsyncIterator[dict[str, Any]]:
             async with self.events.subscribe() as recv:
@@ -430,6 +454,19 @@ async def _reply(send: Send, status: int, body: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": data})
+
+
+async def _raw(send: Send, raw: Raw) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", raw.content_type.encode())],
+        }
+    )
+    async for chunk in raw.chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _stream(send: Send, receive: Receive, stream: Stream) -> None:
