@@ -592,6 +592,28 @@ def cmd_cp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from supervisor.completion import script
+
+    _out(script(args.shell, build_parser()))
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    """Hidden: what the completion scripts ask the daemon for. Quiet and
+    quick when there is no daemon: completion must never hang a shell."""
+    from supervisor.client import Client, ClientError
+
+    if args.what == "names":
+        try:
+            _, found = Client(args.socket, timeout=2.0).request("GET", "/v1/containers?all=1")
+        except (ClientError, OSError):
+            return 0
+        for c in found if isinstance(found, list) else []:
+            _out(f"{c.get('name', '')}\n")
+    return 0
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     from supervisor.statsview import show_top
 
@@ -1080,6 +1102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print one sample and exit")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these (default: all running)")
+
+    p = add("completion", cmd_completion, "print a shell completion script (bash or zsh)")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    hidden = sub.add_parser("__complete")  # no help=: not listed
+    hidden.set_defaults(func=cmd_complete)
+    hidden.add_argument("what", choices=("names",))
 
     p = add("cp", cmd_cp, "copy files between a container and the host (owners and modes kept)")
     p.add_argument("src", metavar="SRC", help="NAME:/path or a local path")
