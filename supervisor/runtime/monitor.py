@@ -90,6 +90,7 @@ class AttachServer:
         # longer than sun_path's 108 bytes (deep state directories).
         directory, base = os.path.split(path)
         old_umask = os.umask(0o177)
+        old_cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.chdir(directory or ".")
             with contextlib.suppress(FileNotFoundError):
@@ -97,7 +98,8 @@ class AttachServer:
             self.listener.bind(base)
         finally:
             os.umask(old_umask)
-            os.chdir("/")
+            os.fchdir(old_cwd)
+            os.close(old_cwd)
         self.listener.listen(16)
         self.listener.setblocking(False)
 

@@ -137,3 +137,41 @@ def test_completion_lists_every_visible_command_and_its_options() -> None:
     assert "--detach-keys" in cmds["run"] and "--no-stream" in cmds["stats"]
     assert "complete -F _nsvisor nsvisor" in bash(parser)
     assert "compdef _nsvisor nsvisor" in zsh(parser)
+
+
+def test_attach_server_fans_out_and_drops_a_slow_client(tmp_path: Path) -> None:
+    """Every client gets the output; one that never reads is dropped once
+    1 MiB is waiting for it, and the others go on (the monitor never blocks)."""
+    import socket
+
+    from supervisor.runtime.monitor import CLIENT_BUFFER, AttachServer
+
+    server = AttachServer(str(tmp_path / "attach.sock"), tty=True)
+    assert (tmp_path / "attach.sock").stat().st_mode & 0o777 == 0o600
+    server.broadcast("stdout", b"prompt$ ")  # before anyone connects: replayed
+    fast = socket.socket(socket.AF_UNIX)
+    slow = socket.socket(socket.AF_UNIX)
+    try:
+        for s in (fast, slow):
+            s.connect(str(tmp_path / "attach.sock"))
+            server.accept()
+        fast.setblocking(False)
+        got = bytearray()
+        chunk = b"x" * 65536
+        for _ in range(2 * CLIENT_BUFFER // len(chunk)):
+            server.broadcast("stdout", chunk)
+            for c in list(server.clients.values()):
+                server.flush(c)
+            try:
+                while data := fast.recv(1 << 20):
+                    got += data
+            except BlockingIOError:
+                pass
+        assert len(server.clients) == 1  # the slow one is gone
+        frames = parse_frames(got)
+        assert frames[0] == (b"1", b"prompt$ ")
+        server.close()
+        assert not (tmp_path / "attach.sock").exists()
+    finally:
+        fast.close()
+        slow.close()
