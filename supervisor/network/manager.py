@@ -412,6 +412,8 @@ class NetworkManager:
 
     async def _detach_locked(self, container: str) -> None:
         act = self.active.pop(container, None)
+        if act is None and not os.path.lexists(self.netns_path(container)):
+            return  # never attached (network none/host, or already detached): no kernel work
         if act is not None:
             for s in act.held:
                 s.close()
@@ -449,7 +451,7 @@ class NetworkManager:
         await self.detach(container)
         if self.addresses.pop(container, None) is not None:
             self._save()
-        shutil.rmtree(self.files_dir(container), ignore_errors=True)
+            shutil.rmtree(self.files_dir(container), ignore_errors=True)
 
     # ---- daemon start -----------------------------------------------------------
 

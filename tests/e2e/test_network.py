@@ -311,6 +311,7 @@ def test_nothing_left_after_kill_9_of_the_daemon_and_a_restart(daemon: Daemon, n
     os.kill(die_monitor, signal.SIGKILL)
     time.sleep(0.3)
     start(daemon, net)
+    daemon.wait_for("die", lambda i: i["state"] == "exited", what="die exited")
     links = _links()
     assert any(n.startswith(f"{net.prefix}v") for n in links)
     assert sorted(os.listdir(os.path.join(daemon.state_dir, "network", "netns"))) == ["keep"]
