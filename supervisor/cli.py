@@ -64,6 +64,7 @@ _RUN_SCALARS: tuple[tuple[str, str], ...] = (
     ("memory_reservation", "memory_reservation"),
     ("memory_high", "memory_high"),
     ("oom_score_adj", "oom_score_adj"),
+    ("network_rate", "network_rate"),
     ("restart", "restart"),
     ("stop_signal", "stop_signal"),
     ("stop_timeout", "stop_timeout"),
@@ -938,6 +939,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     a("--blkio-weight", "--io-weight", dest="io_weight", help="block I/O weight (10..1000)")
     _add_limit_options(p)
     a("--oom-score-adj", help="the OOM killer's preference for the workload (-1000..1000)")
+    a(
+        "--network-rate",
+        metavar="IN[:OUT]",
+        help="bandwidth to[:from] a bridged container, e.g. 10mbit:2mbit",
+    )
     a(
         "--ulimit",
         action="append",

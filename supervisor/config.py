@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar
 from supervisor.cgroups import options as limit_options
 from supervisor.cgroups.options import DeviceLimit
 from supervisor.errors import ConfigError, Problem
+from supervisor.network import shaping
 from supervisor.network.model import (
     PortMapping,
     parse_network_mode,
@@ -83,6 +84,7 @@ RAW_KEYS: tuple[str, ...] = (
     "oom_score_adj",
     "oom_group",
     "ulimits",
+    "network_rate",
     "restart",
     "backoff_initial",
     "backoff_factor",
@@ -232,6 +234,9 @@ class ContainerSpec:
     oom_score_adj: int | None = None
     oom_group: bool = False
     ulimits: tuple[rlimits.Ulimit, ...] = ()
+    # --network-rate IN[:OUT] in bits/s (supervisor.network.shaping); bridge only.
+    network_rate_in_bps: int | None = None
+    network_rate_out_bps: int | None = None
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     backoff: Backoff = field(default_factory=Backoff)
     mounts: tuple[Mount, ...] = ()
@@ -307,6 +312,11 @@ class ContainerSpec:
                 raw[key] = True
         if self.ulimits:
             raw["ulimits"] = [rlimits.format_ulimit(u) for u in self.ulimits]
+        if self.network_rate_in_bps is not None:
+            rate = shaping.format_net_rate(self.network_rate_in_bps)
+            if self.network_rate_out_bps is not None:
+                rate += ":" + shaping.format_net_rate(self.network_rate_out_bps)
+            raw["network_rate"] = rate
         return raw
 
     @property
@@ -1145,6 +1155,15 @@ def validate_container(
             '"auto" (a subuid range per container) is not implemented yet; use "host" or leave it unset',
         )
 
+    no_rate: tuple[int | None, int | None] = (None, None)
+    rate_in, rate_out = c.get("network_rate", shaping.parse_network_rate, no_rate)
+    if rate_in is not None and not uses_bridge(network):
+        c.add(
+            "network_rate",
+            f'needs a bridge network (a veth to shape), not network = "{network}"; '
+            'add network = "bridge" (--network bridge) or remove it',
+        )
+
     if c.problems:
         raise ConfigError(c.problems, source)
     return ContainerSpec(
@@ -1162,6 +1181,8 @@ def validate_container(
         swap_bytes=swap_bytes,
         cpu_quota_us=cpu_quota,
         **limits,
+        network_rate_in_bps=rate_in,
+        network_rate_out_bps=rate_out,
         cpu_shares=cpu_shares,
         cpu_weight=cpu_weight,
         pids_limit=pids_limit,

@@ -37,6 +37,7 @@ from supervisor.daemon.statefile import read_json, write_json
 from supervisor.errors import ConfigError, KernelError, NotFoundError, Problem, StateError
 from supervisor.lifecycle import State, is_active, transition
 from supervisor.network import model as netmodel
+from supervisor.network import shaping
 from supervisor.network.manager import NetworkManager
 from supervisor.policy import decide, start_on_boot
 from supervisor.runtime import devices
@@ -419,7 +420,7 @@ class ContainerManager:
             )
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                await self.network.detach(c.name)
+                await self._network_detach(c)
             c.error = str(exc)
             self._set_state(c, "failed")
             self.events.publish("start_failed", c.name, error=str(exc))
@@ -447,6 +448,19 @@ class ContainerManager:
         )
         return run
 
+    def _host_if(self, c: Container) -> str:
+        return netmodel.veth_name(self.network.prefix, c.name)
+
+    async def _network_detach(self, c: Container) -> None:
+        """The run's network goes: the endpoint (the veth and its qdiscs with
+        it) and the ifb of --network-rate. Shielded by the callers."""
+        await self.network.detach(c.name)
+        if c.spec.network_rate_out_bps is not None:
+            try:
+                await trio.to_thread.run_sync(shaping.remove, self._host_if(c))
+            except KernelError as exc:
+                log.error("network.rate_remove_failed", container=c.name, error=str(exc))
+
     async def _network_for(self, c: Container) -> tuple[str, tuple[tuple[str, str], ...]]:
         """The network namespace to join and the files to bind for this run:
         a bridge network is set up here, before the launch; container:NAME
@@ -457,6 +471,14 @@ class ContainerManager:
             att = await self.network.attach(
                 c.name, mode, c.spec.hostname or c.name[:64], c.spec.publish
             )
+            if c.spec.network_rate_in_bps is not None:
+                # A failure here fails the launch, whose clean-up detaches.
+                await trio.to_thread.run_sync(
+                    shaping.apply,
+                    self._host_if(c),
+                    c.spec.network_rate_in_bps,
+                    c.spec.network_rate_out_bps,
+                )
             return att.netns_path, att.mounts
         target = netmodel.container_target(mode)
         if target is None:
@@ -687,7 +709,7 @@ class ContainerManager:
         if c.state == "restarting":  # adopted while in backoff: nothing to do
             pass
         with trio.CancelScope(shield=True):
-            await self.network.detach(c.name)  # veth, namespace, rules: only while it runs
+            await self._network_detach(c)  # veth, namespace, rules: only while it runs
         self._set_state(c, "exit")
         run.done.set()
         self.events.publish("die", c.name, exit_code=code, oom_killed=oom, finished_at=finished)
@@ -960,6 +982,9 @@ class ContainerManager:
         self.network.forget_missing(self.containers)
         try:
             await self.network.reconcile(running)
+            # ifbs of --network-rate whose container did not survive.
+            keep = [self._host_if(self.get(name)) for name in running]
+            await trio.to_thread.run_sync(shaping.reconcile, self.network.prefix, keep)
         except (OSError, KernelError) as exc:
             log.error("network.reconcile_failed", error=str(exc))
 

@@ -183,3 +183,33 @@ def test_block_device_numbers_of_a_real_disk() -> None:
         pytest.skip("no block device node under /dev")
     major, minor = options.block_device(disks[0])
     assert os.path.exists(f"/sys/dev/block/{major}:{minor}")
+
+
+def test_network_rate_units_and_ifb_names() -> None:
+    from supervisor.network import shaping
+
+    assert shaping.parse_network_rate("10mbit:2mbit") == (10_000_000, 2_000_000)
+    assert shaping.parse_network_rate("512kbit") == (512_000, None)
+    assert shaping.parse_net_rate("1mbps") == 8_000_000  # tc: bps = bytes
+    assert shaping.format_net_rate(10_000_000) == "10mbit"
+    for bad, words in (
+        ("10", "has no unit"),
+        ("10mb", 'unknown unit "mb"'),
+        ("1bit", "out of range"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            shaping.parse_net_rate(bad)
+    assert shaping.ifb_name("nsvv0123abcd") == "nsvi0123abcd"
+    assert shaping.is_ifb_of("nsv", "nsvi0123abcd") and not shaping.is_ifb_of("nsv", "nsvv0123abcd")
+    t = shaping.tbf_for(2_000_000)
+    assert t.rate == 250_000 and t.burst >= shaping.MIN_BURST
+
+
+def test_network_rate_needs_a_bridge() -> None:
+    p = problems(network_rate="10mbit")
+    assert "needs a bridge network" in p["network_rate"]
+    spec = validate_container(
+        {**BASE, "network": "bridge", "network_rate": "8mbit:1mbit"}, check_fs=False
+    )
+    assert (spec.network_rate_in_bps, spec.network_rate_out_bps) == (8_000_000, 1_000_000)
+    assert validate_container(spec.to_raw(), check_fs=False) == spec
