@@ -30,8 +30,11 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, tmp: Path, cgroup_parent: str) -> None:
+    def __init__(self, tmp: Path, cgroup_parent: str, prelude: str = "") -> None:
+        """`prelude`: Python run in the daemon process before supervisor's
+        main (the scrape item's variants: switch interval, old renderer)."""
         self.tmp = tmp
+        self.prelude = prelude
         self.socket = str(tmp / "nsvisor.sock")
         self.state_dir = str(tmp / "state")
         self.port = free_port()
@@ -52,8 +55,14 @@ class Daemon:
         return min(kids) if kids else None
 
     def start(self) -> None:
+        launcher = ["-m", "supervisor"]
+        if self.prelude:
+            run = (
+                "import runpy; runpy.run_module('supervisor', run_name='__main__', alter_sys=True)"
+            )
+            launcher = ["-c", f"{self.prelude}\n{run}"]
         argv = [
-            sys.executable, "-m", "supervisor", "daemon",
+            sys.executable, *launcher, "daemon",
             "--state-dir", self.state_dir,
             "--socket", self.socket,
             "--metrics-addr", self.metrics_addr,

@@ -307,6 +307,38 @@ class Bench:
         self.rows += scrape_rows
         self.rows += restart_rows
 
+    def scrape_variants(self, variants: list[Variant]) -> None:
+        """Item 5 alone, once per daemon variant, one daemon after the other
+        (each starts its own sleepers; same cgroup parent, emptied between)."""
+        p = self.plan
+        first = True
+        for i, variant in enumerate(variants):
+            if self.daemon is not None:
+                self.d.remove_all()
+                self.d.stop()
+            tmp = self.tmp / f"variant{i}"
+            tmp.mkdir()
+            self.daemon = Daemon(tmp, self.tag, prelude=variant.prelude)
+            self.d.start()
+            self.log(f"variant {variant.label}: daemon pid {self.d.pid}")
+            self.rows.append(f"5. scrape cost [{variant.label}]")
+            current = 0
+            for level in sorted(p.scrape_sizes):
+                self.d.start_many(
+                    [self.sleeper(f"s{i}") for i in range(current, level)], workers=32
+                )
+                current = level
+                self.log(f"{current} containers running")
+                self.rows += self._scrape(level)
+            if first:
+                self.rows += _render_ab(self.tag, self.d, p.scrapes)
+                first = False
+            # The same restarts without scrapes first: the scrapes' own cost is the ratio.
+            self.restart_latency(p.restarts, f"quiet while {current} containers run, no scrapes")
+            self.restart_latency(
+                p.restarts, f"scraping while {current} containers run", scrape=True
+            )
+
     def _mass_start(self, n: int) -> float:
         specs = [self.sleeper(f"m{i}") for i in range(n)]
         seconds = self.d.start_many(specs)
@@ -375,6 +407,42 @@ class Bench:
         return problems
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A daemon configuration for the scrape item: `render` is "fast" (as
+    shipped) or "legacy" (prometheus_client's generate_latest over the same
+    collectors: the exporter before bench/RESULTS.md's 2026-11-28 change);
+    `switch` a sys.setswitchinterval() value in seconds, or None for what the
+    daemon does by itself."""
+
+    render: str
+    switch: float | None
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        render, _, switch = text.partition("@")
+        if render not in ("fast", "legacy"):
+            raise ValueError(f"scrape variant {text!r}: RENDER is fast or legacy")
+        return cls(render, float(switch) if switch and switch != "default" else None)
+
+    @property
+    def label(self) -> str:
+        ms = "default" if self.switch is None else f"{self.switch * MS:g} ms"
+        return f"{self.render}, switch {ms}"
+
+    @property
+    def prelude(self) -> str:
+        lines = []
+        if self.switch is not None:
+            lines.append(f"import sys; sys.setswitchinterval({self.switch!r})")
+        if self.render == "legacy":
+            lines.append(
+                "import exporters.server as s; from prometheus_client import generate_latest as g; "
+                "s.MetricsApp.text = lambda self: g(self.full)"
+            )
+        return "\n".join(lines)
+
+
 def _time_oci(
     timer: Callable[[Sequence[str]], float], runtime: str, state: Path, bundle: Path, i: int
 ) -> float:
@@ -404,6 +472,64 @@ def _restart_gaps(events: Iterator[Any], name: str, count: int) -> tuple[list[fl
             if len(cycle) >= count:
                 break
     return exit_to_exec, cycle
+
+
+def _render_ab(tag: str, d: Daemon, rounds: int) -> list[Row | str]:
+    """In the benchmark process, over the daemon's live cgroups (read only):
+    prometheus_client's generate_latest vs render() of the same collector,
+    interleaved round by round. No network series (no workload pids here)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporters.collector import ContainerCollector
+    from exporters.view import ContainerView
+    from supervisor.cgroups import open_manager
+
+    mgr = open_manager("/sys/fs/cgroup", tag)
+    vs = tuple(
+        ContainerView(
+            name=c["name"],
+            cgroup_name=c["name"],
+            cgroup_path=mgr.path(c["name"]),
+            image=str(c.get("rootfs") or ""),
+            state="running",
+            restart_count=0,
+            exit_code=None,
+            started_at=time.time(),
+            backoff_s=None,
+        )
+        for c in d.containers(all_=False)
+    )
+    c = ContainerCollector(mgr, lambda: vs)
+    registry = CollectorRegistry()
+    registry.register(c)
+
+    def shape(text: str) -> list[str]:  # live counters move between two reads
+        return [line.rpartition(" ")[0] for line in text.splitlines()]
+
+    if shape(generate_latest(registry).decode()) != shape(c.render()):
+        raise BenchError("render() differs from generate_latest on the live tree")
+    legacy: list[float] = []
+    fast: list[float] = []
+    gather: list[float] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        generate_latest(registry)
+        t1 = time.perf_counter()
+        c.render()
+        t2 = time.perf_counter()
+        c.gather()
+        t3 = time.perf_counter()
+        legacy.append((t1 - t0) * MS)
+        fast.append((t2 - t1) * MS)
+        gather.append((t3 - t2) * MS)
+    n = len(vs)
+    return [
+        f"  in-process, live cgroups of N={n}, interleaved (cgroup families, no network)",
+        row("  prometheus_client generate_latest", "ms", legacy),
+        row("  render()", "ms", fast),
+        row("  of which reading the files (gather())", "ms", gather),
+        row("  ratio render / generate_latest", "x", pairwise_ratios(fast, legacy)),
+    ]
 
 
 def machine() -> str:
@@ -439,8 +565,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run: few iterations, small N")
     ap.add_argument("--runs", type=int, help="start-latency rounds (default 30, quick 3)")
     ap.add_argument(
-        "--items", default="start,restart,scale", help="comma list of start,restart,scale"
+        "--items",
+        default="start,restart,scale",
+        help="comma list of start,restart,scale,scrape (scrape: item 5 alone, per --variants)",
     )
+    ap.add_argument(
+        "--variants",
+        default="fast@default",
+        help="for --items scrape: comma list of RENDER@SWITCH daemons, run one after the "
+        "other; RENDER fast|legacy, SWITCH seconds for sys.setswitchinterval or 'default' "
+        "(e.g. legacy@default,fast@default,fast@0.0005)",
+    )
+    ap.add_argument("--restarts", type=int, help="restarts per restart row (default 100, quick 15)")
     ap.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     ap.add_argument("--tmpdir", default=None, help="where the temp dir goes (default $TMPDIR)")
     args = ap.parse_args(argv)
@@ -450,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.runs:
         plan = Plan(**{**plan.__dict__, "start_runs": args.runs})
+    if args.restarts:
+        plan = Plan(**{**plan.__dict__, "restarts": args.restarts})
     items = set(args.items.split(","))
     signal.signal(signal.SIGTERM, _terminate)
     tag = f"{BENCH_PREFIX}{os.getpid()}"
@@ -473,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" in items:
             log("mass start, memory, scrape")
             b.scale()
+        if "scrape" in items:
+            log("scrape cost per daemon variant")
+            b.scrape_variants([Variant.parse(v) for v in args.variants.split(",")])
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         code = 130
