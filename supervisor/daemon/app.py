@@ -240,9 +240,9 @@ class Daemon:
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         from hypercorn.config import Config
-        from hypercorn.trio import serve
 
         from supervisor.daemon.api import Api
+        from supervisor.daemon.peercred import serve_unix
 
         path = self.cfg.socket
         os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
@@ -261,8 +261,6 @@ class Daemon:
         os.chmod(path, 0o600)
         sock.listen(128)
         config = Config()
-        # hypercorn wraps the fd in a socket object of its own and closes it.
-        config.bind = [f"fd://{sock.detach()}"]
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 1.0
@@ -271,7 +269,8 @@ class Daemon:
         api = Api(self.manager, self.events, reload=self.reload)
         try:
             async with trio.open_nursery() as n:
-                await n.start(serve, api, config)
+                # root peers only (SO_PEERCRED), on top of the 0600 mode
+                await n.start(serve_unix, api, config, sock)
                 task_status.started()
         finally:
             if os.path.exists(path):

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,29 @@ def test_api_refuses_other_uids(running_daemon: Daemon) -> None:
     )  # fmt: skip
     assert r.returncode != 0
     assert "root" in r.stderr.lower() and "permission denied" in r.stderr.lower(), r.stderr
+    # Past the file mode (made world-writable by hand, reached through a hard
+    # link in a directory nobody may traverse to), SO_PEERCRED still refuses.
+    import tempfile
+
+    public = tempfile.mkdtemp(prefix="nsvisor-peercred-", dir="/tmp")  # same fs as d.socket
+    link = os.path.join(public, "sock")
+    os.chmod(public, 0o755)
+    os.link(d.socket, link)
+    os.chmod(link, 0o666)
+    try:
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+             sys.executable, "-m", "supervisor", "--socket", link, "ps"],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )  # fmt: skip
+    finally:
+        os.chmod(link, 0o600)
+        os.unlink(link)
+        os.rmdir(public)
+    assert r.returncode != 0
+    assert "root-only; uid 65534 was refused" in r.stderr, r.stderr
+    assert "api.refused" in d.log()
+    d.cli("ps")  # root still gets in
 
 
 def _cli(d: Daemon) -> list[str]:
