@@ -257,6 +257,10 @@ class Api:
             assert run is not None
             async for record in follow_log(logf, stop=run.done):
                 yield record
+            # Like `docker run --rm`: return only once the container is gone,
+            # so the next command never sees it.
+            while c.spec.auto_remove and self.m.containers.get(name) is c:
+                await c.changed.wait()
             yield {"exit_code": run.exit_code, "oom_killed": run.oom_killed}
 
     # ---- networks (supervisor.network) ---------------------------------------

@@ -370,6 +370,7 @@ class ContainerManager:
         del self.containers[name]
         self._publish_views()
         self.events.publish("destroy", name)
+        self._notify(c)  # wakes an attached `run --rm` waiting for the removal
 
     # ---- start --------------------------------------------------------------
 

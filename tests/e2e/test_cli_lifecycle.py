@@ -178,7 +178,8 @@ def test_on_failure_3_restarts_exactly_three_times_with_growing_delays(
     assert len(starts) == 4
     assert delays == [0.1, 0.2, 0.4]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert gaps[0] < gaps[1] < gaps[2], gaps
+    # each gap is the run plus its backoff (launch times vary on a loaded machine)
+    assert all(gap >= delay for gap, delay in zip(gaps, delays, strict=True)), (gaps, delays)
 
 
 def test_restart_policies_no_always_unless_stopped(running_daemon: Daemon) -> None:
