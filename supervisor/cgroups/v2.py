@@ -146,19 +146,21 @@ def _memory_extra_writes(limits: Limits) -> list[_fs.Write]:
 
 
 def _cpuset_writes(limits: Limits) -> list[_fs.Write]:
-    # An empty cpuset.cpus/mems on v2 means "use the parent's": the reset value.
+    # An empty cpuset.cpus/mems on v2 means "use the parent's": the reset
+    # value. Written as "\n": a zero-length write() never reaches the cgroup
+    # file's handler (measured on 6.1: the old cpus stayed in force).
     return [
         _fs.Write(
             "cpuset",
             "cpuset.cpus",
-            limits.cpuset_cpus or "",
+            limits.cpuset_cpus or "\n",
             "cpuset_cpus",
             limits.cpuset_cpus is not None,
         ),
         _fs.Write(
             "cpuset",
             "cpuset.mems",
-            limits.cpuset_mems or "",
+            limits.cpuset_mems or "\n",
             "cpuset_mems",
             limits.cpuset_mems is not None,
         ),

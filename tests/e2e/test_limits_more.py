@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,11 +81,12 @@ def test_cpuset_pins_the_container_to_the_allowed_cpu(running_daemon: Daemon) ->
         pytest.skip(f"one online CPU ({online}): pinning could not be told apart")
     d = running_daemon
     cpu = str(online[-1])
-    d.cli("run", "-d", "--name", "pinned", "--cpuset-cpus", cpu, d.rootfs, "--", "sleep", "1000")
-    d.wait_for("pinned", lambda i: i["state"] == "running")
-    text = d.cli("exec", "pinned", "grep", "Cpus_allowed_list", "/proc/self/status").stdout
+    text = output(
+        d, "--cpuset-cpus", cpu, d.rootfs, "--", "grep", "Cpus_allowed_list", "/proc/self/status"
+    )
     assert text.split(":")[1].strip() == cpu, text
-    info = d.inspect("pinned")
+    d.cli("run", "-d", "--name", "pinned", "--cpuset-cpus", cpu, d.rootfs, "--", "sleep", "1000")
+    info = d.wait_for("pinned", lambda i: i["state"] == "running")
     assert info["limits"]["cpuset_cpus"] == cpu, info["limits"]
     assert info["config"]["cpuset_cpus"] == cpu
 
@@ -125,10 +127,13 @@ def test_inspect_shows_the_limits_read_back_from_the_kernel(
 
 @pytest.mark.cgroup2
 def test_memory_high_hits_reach_memory_events_and_the_metrics(running_daemon: Daemon) -> None:
+    """The container reads files (page cache, which memory.high reclaims;
+    anonymous memory without swap would only be throttled, for minutes)."""
     d = running_daemon
+    venv = os.path.realpath(sys.prefix)
     d.cli(
-        "run", "-d", "--name", "high", "--memory-high", "16m", d.rootfs, "--",
-        "sh", "-c", "head -c 24m /dev/zero | tail | wc -c; sleep 1000",
+        "run", "-d", "--name", "high", "--memory-high", "16m", "-v", f"{venv}:/v:ro", d.rootfs,
+        "--", "sh", "-c", "find /v -type f -exec cat {} + > /dev/null; sleep 1000",
     )  # fmt: skip
     info = d.wait_for(
         "high", lambda i: i["memory_events"].get("high", 0) > 0, timeout=300, what="high events"

@@ -5,6 +5,9 @@ Marked `cgroups`: run on this host's layout and in the v2 VM."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.conftest import Daemon
@@ -12,30 +15,38 @@ from tests.e2e.conftest import Daemon
 pytestmark = [pytest.mark.e2e, pytest.mark.cgroups]
 
 MiB = 1 << 20
-# Waits for /tmp/go, then holds 40 MiB (tail keeps a line without newline whole).
-HOG = "while [ ! -e /tmp/go ]; do sleep 0.1; done; head -c 40m /dev/zero | tail"
+# Holds 40 MiB once (tail keeps a line without newline whole) and prints its
+# size, waits for the test's go file, then holds 40 MiB again.
+HOG = (
+    "head -c 40m /dev/zero | tail | wc -c; "
+    "while [ ! -e /ctl/go ]; do sleep 0.1; done; head -c 40m /dev/zero | tail"
+)
 
 
 def test_update_lowers_memory_in_place_and_the_next_oom_respects_it(
-    running_daemon: Daemon,
+    running_daemon: Daemon, tmp_path: Path
 ) -> None:
     d = running_daemon
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
     d.cli(
         "run", "-d", "--name", "upd", "--memory", "64m", "--memory-swap", "64m",
-        "--tmpfs", "/tmp", d.rootfs, "--", "sh", "-c", HOG,
+        "-v", f"{ctl}:/ctl:ro", d.rootfs, "--", "sh", "-c", HOG,
     )  # fmt: skip
     info = d.wait_for("upd", lambda i: i["state"] == "running")
     assert info["limits"]["memory_max"] == 64 * MiB
     # Under the old limit 40 MiB fit.
-    r = d.cli("exec", "upd", "sh", "-c", "head -c 40m /dev/zero | tail | wc -c", timeout=120)
-    assert r.stdout.strip() == str(40 * MiB), r
+    deadline = time.monotonic() + 120
+    while d.cli("logs", "upd").stdout.strip() != str(40 * MiB):
+        assert time.monotonic() < deadline, d.cli("logs", "upd")
+        time.sleep(0.1)
     d.cli("update", "--memory", "24m", "--memory-swap", "24m", "--pids-limit", "40", "upd")
     info = d.inspect("upd")
     assert info["state"] == "running"  # in place: not restarted
     assert info["limits"]["memory_max"] == 24 * MiB, info["limits"]
     assert info["limits"]["pids_max"] == 40
     assert info["config"]["memory"] == 24 * MiB  # persisted
-    d.cli("exec", "upd", "touch", "/tmp/go")
+    (ctl / "go").touch()
     info = d.wait_for("upd", lambda i: i["state"] == "exited", timeout=120)
     assert info["exit_code"] == 137 and info["oom_killed"] is True, info
 

@@ -70,7 +70,7 @@ def test_v2_plan_memory_low_high_oom_group_and_cpuset() -> None:
     assert writes_to(ws, "memory.low") == ["0"]
     assert writes_to(ws, "memory.high") == ["max"]
     assert writes_to(ws, "memory.oom.group") == ["0"]
-    assert writes_to(ws, "cpuset.cpus") == [""]
+    assert writes_to(ws, "cpuset.cpus") == ["\n"]  # not "": a 0-byte write is a no-op
     assert not any(w.required for w in ws)
 
 
