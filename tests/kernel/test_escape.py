@@ -143,6 +143,11 @@ def test_user_namespace_counter_check(secure: Secure) -> None:
     """Unconfined, the same helper does get a user namespace: the filter is
     what blocks it above (the mount inside may still fail on other grounds)."""
     r = secure.attempt("clone-userns", seccomp="unconfined")
+    if "Operation not permitted" in r.stdout:
+        pytest.skip(
+            "this kernel refuses user namespaces to a process without CAP_SYS_ADMIN even"
+            " unconfined (e.g. Debian's kernel.unprivileged_userns_clone=0): no counter-check"
+        )
     assert "ESCAPED" in r.stdout
 
 

@@ -60,6 +60,11 @@ def test_namespace_creation_without_seccomp_needs_only_the_filter(launcher: Laun
     """The counter-check that makes the test above meaningful: unconfined,
     container root *can* create a user namespace (what seccomp prevents)."""
     r = launcher.run("unshare -U true; echo rc=$?", seccomp="unconfined")
+    if r.stdout != "rc=0\n" and "Operation not permitted" in r.stderr:
+        pytest.skip(
+            "this kernel refuses user namespaces to a process without CAP_SYS_ADMIN even"
+            " unconfined (e.g. Debian's kernel.unprivileged_userns_clone=0): no counter-check"
+        )
     assert r.stdout == "rc=0\n", r.stderr
 
 
