@@ -301,7 +301,9 @@ class ContainerManager:
             check_fs=False,
         )
         self._check_layout(spec)
-        if is_active(c.state):
+        # A container waiting to restart gets the new limits from the create()
+        # of its next run; its cgroup may be gone meanwhile.
+        if c.state in ("starting", "running", "stopping"):
             try:
                 await trio.to_thread.run_sync(
                     self.cgroups.update, c.name, translate.limits_for(spec)
