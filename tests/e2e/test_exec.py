@@ -90,9 +90,17 @@ def test_the_exec_process_is_in_the_containers_cgroup_and_gets_stdin(box: Daemon
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        procs = until(lambda: cgroup_procs(d, "box") - {workload}, 30, "the exec'd sh")
+        procs = until(lambda: cgroup_procs(d, "box") - {workload}, 30, "the exec'd process")
         (pid,) = procs
-        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"sh"
+
+        def argv0() -> bytes:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                return b""
+
+        # It joins the cgroup before it execs: wait for the exec, not a sleep.
+        until(lambda: argv0() == b"sh", 30, "the process in the cgroup to exec sh")
         out, err = p.communicate("hello\n", timeout=30)
     finally:
         if p.poll() is None:
