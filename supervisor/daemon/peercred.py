@@ -62,8 +62,14 @@ def forbidden_response(uid: int) -> bytes:
 class PeerCheckedListener(trio.abc.Listener[trio.SocketStream]):
     """A SocketListener that only hands on connections from ALLOWED_UIDS."""
 
-    def __init__(self, inner: trio.SocketListener, allowed: frozenset[int] = ALLOWED_UIDS) -> None:
+    def __init__(
+        self,
+        inner: trio.SocketListener,
+        nursery: trio.Nursery,
+        allowed: frozenset[int] = ALLOWED_UIDS,
+    ) -> None:
         self.inner = inner
+        self._nursery = nursery
         self.allowed = allowed
 
     async def accept(self) -> trio.SocketStream:
@@ -77,15 +83,30 @@ class PeerCheckedListener(trio.abc.Listener[trio.SocketStream]):
             if uid in self.allowed:
                 return stream
             log.warning("api.refused", peer_uid=uid, peer_pid=pid)
-            with (
-                trio.move_on_after(1.0),
-                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-            ):
-                await stream.send_all(forbidden_response(uid))
-            await stream.aclose()
+            # Answer in a task of its own (a slow peer must not hold up the
+            # accept loop) and only after reading the request head: closing
+            # before the client has written would make its write fail (EPIPE)
+            # and it would never read the 403.
+            self._nursery.start_soon(_refuse, stream, uid)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def _refuse(stream: trio.SocketStream, uid: int) -> None:
+    with (
+        trio.move_on_after(2.0),
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+    ):
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            head += chunk
+        await stream.send_all(forbidden_response(uid))
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
 
 
 async def serve_unix(
@@ -109,11 +130,13 @@ async def serve_unix(
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
-    listener = PeerCheckedListener(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
+            listener = PeerCheckedListener(
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)), server_nursery
+            )
             task_status.started()
             try:
                 await trio.serve_listeners(
