@@ -57,12 +57,9 @@ from typing import Any, NoReturn
 from supervisor.runtime import linux, seccomp
 from supervisor.runtime.caps import CAPABILITIES
 from supervisor.runtime.spec import DEFAULT_PATH
+from supervisor.runtime.workload import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED
 
 EXEC_MAGIC = b"EXEC\n"
-
-EXIT_SETUP_FAILED = 125
-EXIT_CANNOT_INVOKE = 126
-EXIT_NOT_FOUND = 127
 
 # The order C joins them in: mount last (after it, host paths are gone), the
 # cgroup namespace after the cgroup itself (its root is then the container's).
