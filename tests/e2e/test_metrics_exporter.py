@@ -58,6 +58,7 @@ class EventStream:
     def __init__(self, d: Daemon) -> None:
         self.proc = d.popen("events")
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []  # everything read so far, in order
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -66,17 +67,30 @@ class EventStream:
             self.lines.put(json.loads(line))
 
     def wait_for(self, name: str, action: str, timeout: float) -> dict[str, Any]:
+        """The first such event, whether it was read already (events may come
+        in either order, e.g. memory_limit_hit before oom) or arrives later."""
+
+        def match(event: dict[str, Any]) -> bool:
+            return event.get("name") == name and event.get("action") == action
+
+        if action == "subscribed":  # the stream's own first line has no name
+
+            def match(event: dict[str, Any]) -> bool:
+                return event.get("action") == "subscribed"
+
+        for event in self.seen:
+            if match(event):
+                return event
         deadline = time.monotonic() + timeout
-        seen = []
         while (left := deadline - time.monotonic()) > 0:
             try:
                 event = self.lines.get(timeout=left)
             except queue.Empty:
                 break
-            seen.append(event)
-            if event.get("name") == name and event.get("action") == action:
+            self.seen.append(event)
+            if match(event):
                 return event
-        raise AssertionError(f"no {action} event for {name} within {timeout} s; saw {seen}")
+        raise AssertionError(f"no {action} event for {name} within {timeout} s; saw {self.seen}")
 
     def close(self) -> None:
         self.proc.terminate()  # the CLI we started, by its Popen handle
@@ -98,7 +112,7 @@ def test_an_oom_kill_is_seen_in_real_time_counted_shown_in_inspect_and_kept_afte
     d = running_daemon
     events = EventStream(d)
     try:
-        time.sleep(0.5)  # the stream is subscribed
+        events.wait_for("", "subscribed", timeout=60)
         d.cli(
             "run", "-d", "--name", "hog", "--memory", "32M", "--memory-swap", "32M",
             d.rootfs, "--", "sh", "-c", "sleep 0.5; head -c 256m /dev/zero | tail; sleep 1000",
