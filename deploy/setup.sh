@@ -4,7 +4,7 @@
 # Idempotent: re-running skips what is there.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PKGS=(busybox-static libseccomp2 iproute2 util-linux procps e2fsprogs
+PKGS=(busybox-static libseccomp2 iproute2 nftables util-linux mount procps e2fsprogs runc crun
       qemu-system-x86 qemu-system-data linux-image-amd64 cpio kmod
       prometheus prometheus-alertmanager)
 missing=()
