@@ -37,7 +37,8 @@ log = structlog.get_logger("nsvisor")
 
 # Present while some nsvisor daemon turned net.ipv4.ip_forward on (the host
 # had it off): /run is a tmpfs, so the mark lives exactly as long as the
-# sysctl's value. Its presence switches the forward guard on in every table.
+# sysctl's value. Its presence switches the forward guard on in every table,
+# and the daemon that deletes the last nsvisor table turns forwarding off again.
 IP_FORWARD_MARK = "/run/nsvisor-ip_forward-enabled"
 
 
@@ -360,6 +361,18 @@ class NetworkManager:
             nl.remove_netns(ep.netns_path)
             raise
 
+    @staticmethod
+    def _restore_ip_forward() -> None:
+        """The last nsvisor table is gone and nsvisor was the one that turned
+        forwarding on: turn it off again, so the host forwards exactly what it
+        did before any container needed it."""
+        if not os.path.exists(IP_FORWARD_MARK) or nft.nsvisor_tables():
+            return
+        nl.disable_ip_forward()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(IP_FORWARD_MARK)
+        log.info("network.ip_forward_restored", value=0)
+
     def _write_files(self, container: str) -> None:
         """This container's resolv.conf, and /etc/hosts of every container on
         its network (rewritten in place: they are bind-mounted by inode)."""
@@ -390,6 +403,7 @@ class NetworkManager:
         delete it when no endpoint is left (the last container took it)."""
         if not self.active:
             nft.run_nft(nft.delete_text(self.table))
+            self._restore_ip_forward()
             return
         nets = self.networks
         bridges = [

@@ -250,3 +250,8 @@ def read_ip_forward() -> bool:
 def enable_ip_forward() -> None:
     with open(IP_FORWARD, "w") as f:
         f.write("1")
+
+
+def disable_ip_forward() -> None:
+    with open(IP_FORWARD, "w") as f:
+        f.write("0")

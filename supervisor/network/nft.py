@@ -116,3 +116,16 @@ def table_exists(table: str, nft: str = "nft") -> bool:
         [nft, "list", "table", "ip", table], capture_output=True, text=True, timeout=30
     )
     return r.returncode == 0
+
+
+def nsvisor_tables(nft: str = "nft") -> list[str]:
+    """Names of the `ip` tables that belong to any nsvisor daemon (table names
+    start with "nsvisor"); [] when nft is missing or fails."""
+    try:
+        r = subprocess.run(
+            [nft, "list", "tables", "ip"], capture_output=True, text=True, timeout=30
+        )
+    except FileNotFoundError:
+        return []
+    names = [line.split()[-1] for line in r.stdout.splitlines() if line.startswith("table ip ")]
+    return [n for n in names if n.startswith("nsvisor")]
