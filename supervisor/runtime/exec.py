@@ -57,7 +57,12 @@ from typing import Any, NoReturn
 from supervisor.runtime import linux, seccomp
 from supervisor.runtime.caps import CAPABILITIES
 from supervisor.runtime.spec import DEFAULT_PATH
-from supervisor.runtime.workload import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, EXIT_SETUP_FAILED
+from supervisor.runtime.workload import (
+    EXIT_CANNOT_INVOKE,
+    EXIT_NOT_FOUND,
+    EXIT_SETUP_FAILED,
+    execvpe,
+)
 
 EXEC_MAGIC = b"EXEC\n"
 
@@ -272,21 +277,7 @@ def _drop_privileges(spec: ExecSpec) -> None:
 
 
 def _execvpe(spec: ExecSpec) -> NoReturn:
-    env = dict(e.split("=", 1) for e in spec.env)
-    env.setdefault("PATH", spec.path_env())
-    cmd = spec.argv[0]
-    if "/" in cmd:
-        candidates = [cmd]
-    else:
-        candidates = [os.path.join(d or ".", cmd) for d in spec.path_env().split(":")]
-    first_error: OSError | None = None
-    for path in candidates:
-        try:
-            os.execve(path, list(spec.argv), env)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR) and first_error is None:
-                first_error = e
-    raise first_error or OSError(errno.ENOENT, os.strerror(errno.ENOENT), cmd)
+    execvpe(spec.argv, spec.env, spec.path_env())
 
 
 def _exec_child(spec: ExecSpec, namespaces: list[tuple[str, int, int]], errfd: int) -> NoReturn:

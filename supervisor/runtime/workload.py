@@ -468,19 +468,20 @@ WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
 
 
 def _execvpe(spec: LaunchSpec) -> NoReturn:
+    execvpe(spec.argv, spec.env, spec.path_env())
+
+
+def execvpe(argv: Sequence[str], env_list: Sequence[str], path_env: str) -> NoReturn:
     """execve with PATH search in the new root (os.execvpe's rule: keep going
-    on ENOENT/ENOTDIR, remember the first other error)."""
-    cmd = spec.argv[0]
-    env = dict(e.split("=", 1) for e in spec.env)
-    env.setdefault("PATH", spec.path_env())  # as Docker: a PATH is always set
-    if "/" in cmd:
-        candidates = [cmd]
-    else:
-        candidates = [os.path.join(d or ".", cmd) for d in spec.path_env().split(":")]
+    on ENOENT/ENOTDIR, remember the first other error). Shared with exec."""
+    cmd = argv[0]
+    env = dict(e.split("=", 1) for e in env_list)
+    env.setdefault("PATH", path_env)  # as Docker: a PATH is always set
+    candidates = [cmd] if "/" in cmd else [os.path.join(d or ".", cmd) for d in path_env.split(":")]
     first_error: OSError | None = None
     for path in candidates:
         try:
-            os.execve(path, list(spec.argv), env)
+            os.execve(path, list(argv), env)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENOTDIR) and first_error is None:
                 first_error = e
