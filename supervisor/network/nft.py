@@ -24,12 +24,12 @@ What the table does (IPv4 only):
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from supervisor.errors import KernelError
 from supervisor.network.model import IFGROUP, PortMapping
+from supervisor.subproc import run_helper
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def delete_text(table: str) -> str:
 def run_nft(text: str, nft: str = "nft") -> None:
     """Apply one transaction; KernelError with nft's message on failure."""
     try:
-        r = subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=30)
+        r = run_helper([nft, "-f", "-"], input=text)
     except FileNotFoundError:
         raise KernelError(
             "nft (nftables) is not installed; install the nftables package for bridge networking"
@@ -112,9 +112,7 @@ def run_nft(text: str, nft: str = "nft") -> None:
 
 
 def table_exists(table: str, nft: str = "nft") -> bool:
-    r = subprocess.run(
-        [nft, "list", "table", "ip", table], capture_output=True, text=True, timeout=30
-    )
+    r = run_helper([nft, "list", "table", "ip", table])
     return r.returncode == 0
 
 
@@ -122,9 +120,7 @@ def nsvisor_tables(nft: str = "nft") -> list[str]:
     """Names of the `ip` tables that belong to any nsvisor daemon (table names
     start with "nsvisor"); [] when nft is missing or fails."""
     try:
-        r = subprocess.run(
-            [nft, "list", "tables", "ip"], capture_output=True, text=True, timeout=30
-        )
+        r = run_helper([nft, "list", "tables", "ip"])
     except FileNotFoundError:
         return []
     names = [line.split()[-1] for line in r.stdout.splitlines() if line.startswith("table ip ")]
