@@ -11,7 +11,7 @@ never reap or launch themselves, so there is one code path for every exit.
 from __future__ import annotations
 
 import contextlib
-import errno
+import functools
 import os
 import secrets
 import shutil
@@ -407,7 +407,7 @@ class ContainerManager:
             await trio.to_thread.run_sync(
                 self.cgroups.set_devices, c.name, devices.rules_for(c.spec.devices)
             )
-            with _suppress_enoent():
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(c.exit_path)
             t0 = time.monotonic()
             net_path, net_files = await self._network_for(c)
@@ -902,7 +902,7 @@ class ContainerManager:
                 self._persist(c)
                 self._publish_views()
                 self.events.publish("adopt", c.name, pid=run.pid, restart_count=c.restart_count)
-                await self._nursery.start(_adopt_task(self, c, run))
+                await self._nursery.start(functools.partial(self._supervise, c, adopted=run))
                 if state == "stopping":  # the old daemon was stopping it: finish that
                     self._nursery.start_soon(self._stop_logged, c.name)
                 return
@@ -1014,21 +1014,6 @@ def _resume_task(mgr: ContainerManager, c: Container) -> Callable[..., Any]:
         await mgr._supervise(c, task_status, after_exit=True)
 
     return task
-
-
-def _adopt_task(mgr: ContainerManager, c: Container, run: Run) -> Callable[..., Any]:
-    async def task(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await mgr._supervise(c, task_status, adopted=run)
-
-    return task
-
-
-class _suppress_enoent:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> bool:
-        return isinstance(exc, OSError) and exc.errno == errno.ENOENT
 
 
 __all__ = ["Container", "ContainerManager", "LaunchError", "Problem", "Run"]
