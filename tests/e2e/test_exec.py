@@ -154,27 +154,43 @@ def _read_until(fd: int, needle: bytes, buf: bytearray, timeout: float = 30) -> 
 
 def test_tty_with_resize(box: Daemon) -> None:
     """exec -it: the command gets a terminal of the CLI's size; a SIGWINCH
-    of the CLI resizes it; the exit code comes back."""
+    of the CLI resizes it; the exit code comes back.
+
+    The resize travels beside the typed input, so the command reports its
+    size after every line until it sees the new one (waiting for the resize
+    itself, not for an ordering between the two)."""
     d = box
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    script = (
+        "test -t 0 && echo is-a-tty; echo size $(stty size);"
+        ' while read x; do s=$(stty size); echo size $s; [ "$s" = "40 120" ] && break; done;'
+        " echo got $x; exit 5"
+    )
     p = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "--socket", d.socket, "exec", "-i", "-t", "box", "--",
-         "sh", "-c", "test -t 0 && echo is-a-tty; stty size; read x; stty size; echo got $x; exit 5"],
+         "sh", "-c", script],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
     )  # fmt: skip
     os.close(slave)
     buf = bytearray()
     try:
-        _read_until(master, b"30 100", buf)
+        _read_until(master, b"size 30 100", buf)
         assert b"is-a-tty" in buf
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         p.send_signal(signal.SIGWINCH)
-        os.write(master, b"hello\r")
+        deadline = time.monotonic() + 30
+        while b"size 40 120" not in buf:
+            assert time.monotonic() < deadline, bytes(buf)
+            reports = buf.count(b"size ")
+            os.write(master, b"hello\r")  # one line, then wait for its report
+            while buf.count(b"size ") == reports or not buf.endswith(b"\n"):
+                assert time.monotonic() < deadline, bytes(buf)
+                if select.select([master], [], [], 0.2)[0]:
+                    buf += os.read(master, 4096)
         _read_until(master, b"got hello", buf)
         assert p.wait(timeout=30) == 5
     finally:
         if p.poll() is None:
             p.kill()
         os.close(master)
-    assert b"40 120" in buf, bytes(buf)
