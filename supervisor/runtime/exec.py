@@ -55,12 +55,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
 from supervisor.runtime import linux, seccomp
-from supervisor.runtime.caps import CAPABILITIES
 from supervisor.runtime.spec import DEFAULT_PATH
 from supervisor.runtime.workload import (
     EXIT_CANNOT_INVOKE,
     EXIT_NOT_FOUND,
     EXIT_SETUP_FAILED,
+    drop_privileges,
     execvpe,
 )
 
@@ -259,21 +259,7 @@ def _shim(spec_json: bytes) -> NoReturn:
 
 
 def _drop_privileges(spec: ExecSpec) -> None:
-    """The workload's own sequence (workload._privileges): bounding set first
-    (needs CAP_SETPCAP, gone after setuid), then ids, then capabilities."""
-    keep = sum(1 << CAPABILITIES[n] for n in set(spec.capabilities))
-    for cap in range(linux.cap_last_cap() + 1):
-        if not keep & (1 << cap):
-            linux.prctl(linux.PR_CAPBSET_DROP, cap)
-    os.setgroups(list(spec.additional_gids))
-    os.setgid(spec.gid)
-    os.setuid(spec.uid)
-    linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
-    if spec.uid == 0:
-        linux.capset(keep, keep, 0)
-    else:
-        linux.capset(0, 0, 0)
-    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    drop_privileges(spec.capabilities, spec.uid, spec.gid, spec.additional_gids)
 
 
 def _execvpe(spec: ExecSpec) -> NoReturn:

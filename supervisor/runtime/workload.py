@@ -417,16 +417,24 @@ def _caps_mask(names: Sequence[str]) -> int:
 
 
 def _privileges(spec: LaunchSpec) -> None:
-    keep = _caps_mask(spec.capabilities)
+    drop_privileges(spec.capabilities, spec.uid, spec.gid, spec.additional_gids)
+
+
+def drop_privileges(
+    capabilities: Sequence[str], uid: int, gid: int, additional_gids: Sequence[int]
+) -> None:
+    """The container's identity and capability sets, then no_new_privs.
+    Shared with exec, so an exec'd process gets exactly the workload's."""
+    keep = _caps_mask(capabilities)
     # The bounding set first: dropping needs CAP_SETPCAP, gone after setuid.
     for cap in range(linux.cap_last_cap() + 1):
         if not keep & (1 << cap):
             linux.prctl(linux.PR_CAPBSET_DROP, cap)
-    os.setgroups(list(spec.additional_gids))
-    os.setgid(spec.gid)
-    os.setuid(spec.uid)  # for uid != 0 this clears permitted and effective
+    os.setgroups(list(additional_gids))
+    os.setgid(gid)
+    os.setuid(uid)  # for uid != 0 this clears permitted and effective
     linux.prctl(linux.PR_CAP_AMBIENT, linux.PR_CAP_AMBIENT_CLEAR_ALL)
-    if spec.uid == 0:
+    if uid == 0:
         linux.capset(keep, keep, 0)
     else:
         linux.capset(0, 0, 0)
