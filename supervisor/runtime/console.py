@@ -50,7 +50,7 @@ def setup_console(spec: LaunchSpec) -> None:
     path = f"/dev/pts/{number}"
     slave = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     # The user the command runs as owns its terminal (group tty from devpts).
-    os.fchown(slave, spec.uid, -1)
+    os.fchown(slave, spec.host_uid(spec.uid), -1)
     console = "/dev/console"
     if not os.path.exists(console):
         os.close(os.open(console, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))

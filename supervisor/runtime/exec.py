@@ -68,13 +68,16 @@ EXEC_MAGIC = b"EXEC\n"
 
 # The order C joins them in: mount last (after it, host paths are gone), the
 # cgroup namespace after the cgroup itself (its root is then the container's).
-# pid is joined by B (for its children). user namespaces are not used.
+# pid is joined by B (for its children). The user namespace of --userns=auto
+# comes after all of them, as in the workload (supervisor.runtime.userns): the
+# others are owned by the host's, joined with host root's privileges.
 JOIN_ORDER: tuple[tuple[str, int], ...] = (
     ("ipc", linux.CLONE_NEWIPC),
     ("uts", linux.CLONE_NEWUTS),
     ("net", linux.CLONE_NEWNET),
     ("cgroup", linux.CLONE_NEWCGROUP),
     ("mnt", linux.CLONE_NEWNS),
+    ("user", linux.CLONE_NEWUSER),
 )
 
 

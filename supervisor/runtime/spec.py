@@ -109,6 +109,36 @@ class DeviceNode:
 
 
 @dataclass(frozen=True, kw_only=True)
+class IdMap:
+    """A user namespace's mapping (`--userns=auto`): container uid/gid 0..size-1
+    are host uid/gid uid..uid+size-1 and gid..gid+size-1 (supervisor.daemon.userns
+    allocates them; supervisor.runtime.userns applies them)."""
+
+    uid: int
+    gid: int
+    size: int
+
+    def __post_init__(self) -> None:
+        if self.uid <= 0 or self.gid <= 0 or self.size <= 0:
+            raise LaunchSpecError(
+                f"idmap uid {self.uid}, gid {self.gid}, size {self.size}: all must be > 0"
+                " (host root is never mapped)"
+            )
+        if max(self.uid, self.gid) + self.size > 1 << 32:
+            raise LaunchSpecError("idmap range ends beyond uid 2^32")
+
+    def host_uid(self, uid: int) -> int:
+        return self.uid + uid
+
+    def host_gid(self, gid: int) -> int:
+        return self.gid + gid
+
+    def map_lines(self) -> tuple[str, str]:
+        """The uid_map and gid_map texts."""
+        return f"0 {self.uid} {self.size}\n", f"0 {self.gid} {self.size}\n"
+
+
+@dataclass(frozen=True, kw_only=True)
 class LaunchSpec:
     name: str
     rootfs: str
@@ -150,6 +180,16 @@ class LaunchSpec:
     # Extra device nodes (--device): created in /dev by the workload; the cgroup
     # device policy that lets them be opened is set by the daemon.
     devices: tuple[DeviceNode, ...] = ()
+    # A user namespace (`--userns=auto`): None = the host's (container root is
+    # host root, its capabilities bounded by `capabilities` and seccomp).
+    idmap: IdMap | None = None
+
+    def host_uid(self, uid: int) -> int:
+        """A container uid as the host sees it."""
+        return uid if self.idmap is None else self.idmap.host_uid(uid)
+
+    def host_gid(self, gid: int) -> int:
+        return gid if self.idmap is None else self.idmap.host_gid(gid)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -180,6 +220,16 @@ class LaunchSpec:
             problems.append("log_max_files must be >= 1")
         if self.teardown_grace_s < 0:
             problems.append("teardown_grace_s must be >= 0")
+        if self.idmap is not None:
+            problems += [
+                f"{what} {value} is outside the user namespace's {self.idmap.size} ids"
+                for what, value in (
+                    ("uid", self.uid),
+                    ("gid", self.gid),
+                    *(("additional gid", g) for g in self.additional_gids),
+                )
+                if value >= self.idmap.size
+            ]
         if problems:
             raise LaunchSpecError(f"launch spec {self.name!r}: " + "; ".join(problems))
 
@@ -194,6 +244,8 @@ class LaunchSpec:
             Mount(**{**m, "options": tuple(m.get("options", ()))}) for m in raw.get("mounts", ())
         )
         raw["devices"] = tuple(DeviceNode(**d) for d in raw.get("devices", ()))
+        if raw.get("idmap") is not None:
+            raw["idmap"] = IdMap(**raw["idmap"])
         raw["rlimits"] = tuple(tuple(u) for u in raw.get("rlimits", ()))
         for key in ("argv", "env", "additional_gids", "capabilities", "cgroup_procs"):
             if key in raw:

@@ -26,12 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from supervisor.runtime import linux, seccomp
+from supervisor.runtime import linux, seccomp, userns
 from supervisor.runtime.caps import CAPABILITIES
 from supervisor.runtime.console import CONSOLE_FD, setup_console
 from supervisor.runtime.rlimits import apply as apply_rlimits
 from supervisor.runtime.rlimits import set_oom_score_adj
-from supervisor.runtime.spec import LaunchSpec
+from supervisor.runtime.spec import IdMap, LaunchSpec
 
 # Exit codes as Docker uses them: 125 the runtime failed, 126 the command could
 # not be invoked, 127 the command was not found.
@@ -39,12 +39,13 @@ EXIT_SETUP_FAILED = 125
 EXIT_CANNOT_INVOKE = 126
 EXIT_NOT_FOUND = 127
 
-# Namespace creation order. User first (it owns the others; unused for now),
-# mount last: by then everything that reads host paths (cgroup.procs) is done.
+# Namespace creation order, mount last: by then everything that reads host
+# paths (cgroup.procs, a network namespace file) is done. The user namespace
+# of --userns=auto is not in it: it is made before and entered after all the
+# others (supervisor.runtime.userns), so they are owned by the host's.
 # The cgroup namespace comes after joining the container's cgroups so its root
 # is the container's cgroup ("0::/" inside).
 NAMESPACE_ORDER: tuple[tuple[str, int], ...] = (
-    ("user", linux.CLONE_NEWUSER),
     ("ipc", linux.CLONE_NEWIPC),
     ("uts", linux.CLONE_NEWUTS),
     ("net", linux.CLONE_NEWNET),
@@ -132,6 +133,8 @@ class MakeDev:
 class Symlink:
     link_target: str
     target: str
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,15 @@ class Bind:
     target: str
     flags: int
     readonly: bool
+
+
+@dataclass(frozen=True)
+class RootBind:
+    """--userns=auto: the rootfs bound on itself so that the container's root
+    owns it (an idmapped mount, or a one-time chown where the filesystem has
+    none: supervisor.runtime.userns.rootfs_bind)."""
+
+    rootfs: str
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,7 @@ class ReadOnly:
     path: str
 
 
-Op = MountFs | MakeDir | MakeDev | Symlink | Bind | PivotRoot | Mask | ReadOnly
+Op = MountFs | MakeDir | MakeDev | Symlink | Bind | RootBind | PivotRoot | Mask | ReadOnly
 
 
 def _split_options(options: Sequence[str]) -> tuple[int, str | None]:
@@ -180,26 +192,44 @@ def _split_options(options: Sequence[str]) -> tuple[int, str | None]:
 def rootfs_plan(spec: LaunchSpec) -> list[Op]:
     """The whole mount set-up, in order. Paths before PivotRoot are relative to
     the rootfs (resolved with `secure_join` when applied), paths after it are
-    absolute in the new root. Pure."""
+    absolute in the new root. Pure.
+
+    With a user namespace (spec.idmap) what the container's root should own
+    is owned by its host uid/gid: the rootfs (RootBind), the tmpfs roots, the
+    device nodes, and devpts's tty group."""
+    owner = ""
+    if spec.idmap is not None:
+        owner = f",uid={spec.host_uid(0)},gid={spec.host_gid(0)}"
     ops: list[Op] = [
         # Nothing we mount may propagate back to the host.
         MountFs(None, "/", None, linux.MS_REC | linux.MS_PRIVATE, in_root=False),
         # pivot_root needs the new root to be a mount point.
-        MountFs(spec.rootfs, spec.rootfs, None, linux.MS_BIND | linux.MS_REC, in_root=False),
+        RootBind(spec.rootfs)
+        if spec.idmap is not None
+        else MountFs(spec.rootfs, spec.rootfs, None, linux.MS_BIND | linux.MS_REC, in_root=False),
         MakeDir("/proc"),
         MountFs("proc", "/proc", "proc", _NOSUID_NODEV_NOEXEC),
         MakeDir("/sys"),
         MountFs("sysfs", "/sys", "sysfs", _NOSUID_NODEV_NOEXEC | linux.MS_RDONLY),
         MakeDir("/dev"),
         MountFs(
-            "tmpfs", "/dev", "tmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME, "mode=755,size=65536k"
+            "tmpfs",
+            "/dev",
+            "tmpfs",
+            linux.MS_NOSUID | linux.MS_STRICTATIME,
+            "mode=755,size=65536k" + owner,
         ),
     ]
-    ops += [MakeDev(f"/dev/{name}", major, minor) for name, major, minor in DEVICES]
+    root_ids = {"uid": spec.host_uid(0), "gid": spec.host_gid(0)}
+    ops += [MakeDev(f"/dev/{name}", major, minor, **root_ids) for name, major, minor in DEVICES]
     for d in spec.devices:  # --device: usable only because the cgroup policy allows it
         if os.path.dirname(d.path) != "/dev":
             ops.append(MakeDir(os.path.dirname(d.path)))
-        ops.append(MakeDev(d.path, d.major, d.minor, d.type == "b", d.mode, d.uid, d.gid))
+        ops.append(
+            MakeDev(
+                d.path, d.major, d.minor, d.type == "b", d.mode, spec.host_uid(d.uid), spec.host_gid(d.gid)
+            )
+        )
     ops += [
         MakeDir("/dev/pts"),
         MountFs(
@@ -207,19 +237,23 @@ def rootfs_plan(spec: LaunchSpec) -> list[Op]:
             "/dev/pts",
             "devpts",
             linux.MS_NOSUID | linux.MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+            f"newinstance,ptmxmode=0666,mode=0620,gid={spec.host_gid(5)}",
         ),
         MakeDir("/dev/shm", 0o1777),
-        MountFs("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+        MountFs("shm", "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k" + owner),
     ]
     if spec.namespaces.ipc == "private":
         ops += [
             MakeDir("/dev/mqueue"),
             MountFs("mqueue", "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC),
         ]
-    ops += [Symlink(link, f"/dev/{name}") for link, name in DEV_SYMLINKS]
+    ops += [Symlink(link, f"/dev/{name}", **root_ids) for link, name in DEV_SYMLINKS]
     for m in spec.mounts:
         flags, data = _split_options(m.options)
+        if m.type == "tmpfs" and owner and not any(
+            o.startswith(("uid=", "gid=")) for o in m.options
+        ):
+            data = (data or "mode=755") + owner
         if m.type == "bind":
             ops.append(Bind(m.source, m.destination, flags, m.readonly))
         else:
@@ -287,10 +321,18 @@ def _remount(path: str, extra: int) -> None:
     linux.mount(None, path, None, linux.MS_BIND | linux.MS_REMOUNT | extra | _locked_flags(path))
 
 
-def apply(ops: Sequence[Op], rootfs: str) -> None:
-    """Apply a plan from `rootfs_plan` to the kernel."""
+def apply(
+    ops: Sequence[Op], rootfs: str, idmap: IdMap | None = None, userns_fd: int | None = None
+) -> None:
+    """Apply a plan from `rootfs_plan` to the kernel (idmap and userns_fd: the
+    container's user namespace, for a RootBind)."""
     root = rootfs  # before PivotRoot paths resolve inside the rootfs; after it, "/"
     for op in ops:
+        if isinstance(op, RootBind):
+            if idmap is None or userns_fd is None:
+                raise OSError(errno.EINVAL, "rootfs bind: no user namespace to map it to")
+            userns.rootfs_bind(op.rootfs, idmap, userns_fd)
+            continue
         if isinstance(op, MountFs):
             target = secure_join(root, op.target) if op.in_root else op.target
             linux.mount(op.source, target, op.fstype, op.flags, op.data)
@@ -306,7 +348,10 @@ def apply(ops: Sequence[Op], rootfs: str) -> None:
             if op.uid or op.gid:
                 os.chown(path, op.uid, op.gid)
         elif isinstance(op, Symlink):
-            os.symlink(op.link_target, secure_join(root, op.target))
+            path = secure_join(root, op.target)
+            os.symlink(op.link_target, path)
+            if op.uid or op.gid:
+                os.lchown(path, op.uid, op.gid)
         elif isinstance(op, Bind):
             target = secure_join(root, op.target)
             if os.path.isdir(op.source):
@@ -349,7 +394,6 @@ def _join_cgroups(spec: LaunchSpec) -> None:
 
 def _unshare(spec: LaunchSpec) -> None:
     private = {
-        "user": False,
         "ipc": spec.namespaces.ipc == "private",
         "uts": spec.namespaces.uts == "private",
         "net": spec.namespaces.net == "none",
@@ -404,8 +448,28 @@ def _hostname(spec: LaunchSpec) -> None:
         linux.sethostname(spec.hostname or spec.name[:64])
 
 
+# The user namespace fd between its creation and its entry (a forked,
+# single-threaded process: one container per process).
+_userns_fd: list[int] = []
+
+
+def _create_userns(spec: LaunchSpec) -> None:
+    if spec.idmap is not None:
+        _userns_fd.append(userns.create_userns(spec.idmap))
+
+
+def _unprivileged_net(spec: LaunchSpec) -> None:
+    if spec.idmap is not None:
+        userns.allow_unprivileged_net(spec.namespaces.net == "host")
+
+
+def _enter_userns(spec: LaunchSpec) -> None:
+    if spec.idmap is not None:
+        userns.enter(_userns_fd.pop())
+
+
 def _mounts(spec: LaunchSpec) -> None:
-    apply(rootfs_plan(spec), spec.rootfs)
+    apply(rootfs_plan(spec), spec.rootfs, spec.idmap, _userns_fd[0] if _userns_fd else None)
 
 
 def _chdir(spec: LaunchSpec) -> None:
@@ -463,13 +527,16 @@ def _resources(spec: LaunchSpec) -> None:
 
 WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
     ("join cgroups", _join_cgroups),
+    ("create the user namespace", _create_userns),
     ("create namespaces", _unshare),
     ("bring up lo", _network),
+    ("allow unprivileged ports and ping", _unprivileged_net),
     ("set hostname", _hostname),
     ("set up mounts", _mounts),
     ("set up the console", setup_console),
     ("chdir", _chdir),
     ("set rlimits and oom_score_adj", _resources),
+    ("enter the user namespace", _enter_userns),
     ("drop privileges", _privileges),
     ("load the seccomp profile", _seccomp),
 )
