@@ -27,6 +27,7 @@ own network namespace.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -78,10 +79,8 @@ def create_userns(idmap: IdMap) -> int:
     finally:
         os.close(ready_r)
         os.close(done_w)  # EOF: the holder exits (it is killed too, to be sure)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         os.waitpid(pid, 0)
 
 

@@ -220,8 +220,10 @@ def rootfs_plan(spec: LaunchSpec) -> list[Op]:
             "mode=755,size=65536k" + owner,
         ),
     ]
-    root_ids = {"uid": spec.host_uid(0), "gid": spec.host_gid(0)}
-    ops += [MakeDev(f"/dev/{name}", major, minor, **root_ids) for name, major, minor in DEVICES]
+    ruid, rgid = spec.host_uid(0), spec.host_gid(0)
+    ops += [
+        MakeDev(f"/dev/{name}", major, minor, uid=ruid, gid=rgid) for name, major, minor in DEVICES
+    ]
     for d in spec.devices:  # --device: usable only because the cgroup policy allows it
         if os.path.dirname(d.path) != "/dev":
             ops.append(MakeDir(os.path.dirname(d.path)))
@@ -247,7 +249,7 @@ def rootfs_plan(spec: LaunchSpec) -> list[Op]:
             MakeDir("/dev/mqueue"),
             MountFs("mqueue", "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC),
         ]
-    ops += [Symlink(link, f"/dev/{name}", **root_ids) for link, name in DEV_SYMLINKS]
+    ops += [Symlink(link, f"/dev/{name}", ruid, rgid) for link, name in DEV_SYMLINKS]
     for m in spec.mounts:
         flags, data = _split_options(m.options)
         if m.type == "tmpfs" and owner and not any(
