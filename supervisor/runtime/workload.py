@@ -229,7 +229,13 @@ def rootfs_plan(spec: LaunchSpec) -> list[Op]:
             ops.append(MakeDir(os.path.dirname(d.path)))
         ops.append(
             MakeDev(
-                d.path, d.major, d.minor, d.type == "b", d.mode, spec.host_uid(d.uid), spec.host_gid(d.gid)
+                d.path,
+                d.major,
+                d.minor,
+                d.type == "b",
+                d.mode,
+                spec.host_uid(d.uid),
+                spec.host_gid(d.gid),
             )
         )
     ops += [
@@ -252,8 +258,10 @@ def rootfs_plan(spec: LaunchSpec) -> list[Op]:
     ops += [Symlink(link, f"/dev/{name}", ruid, rgid) for link, name in DEV_SYMLINKS]
     for m in spec.mounts:
         flags, data = _split_options(m.options)
-        if m.type == "tmpfs" and owner and not any(
-            o.startswith(("uid=", "gid=")) for o in m.options
+        if (
+            m.type == "tmpfs"
+            and owner
+            and not any(o.startswith(("uid=", "gid=")) for o in m.options)
         ):
             data = (data or "mode=755") + owner
         if m.type == "bind":
