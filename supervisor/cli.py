@@ -881,6 +881,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         "bridge",
         "bridge_subnet",
         "net_prefix",
+        "userns",
     ):
         value = getattr(args, key, None)
         if value is not None:
@@ -1199,6 +1200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bridge-subnet", metavar="CIDR", help="its subnet (10.88.0.0/16)")
     p.add_argument(
         "--net-prefix", metavar="PREFIX", help="prefix of interface names and the nft table (nsv)"
+    )
+    p.add_argument(
+        "--userns",
+        choices=("auto", "host"),
+        help="user namespace of containers that set none (host)",
     )
 
     p = add("network", cmd_network, "manage networks: ls, create, rm, inspect")

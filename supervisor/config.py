@@ -1147,13 +1147,6 @@ def validate_container(
         except ValueError as exc:
             c.add("devices", str(exc))
     userns = c.get("userns", _choice(("host", "auto")), "")
-    if userns == "auto":
-        # Not implemented yet (docs/security.md "User namespaces"): refusing
-        # is better than a container that looks remapped and is not.
-        c.add(
-            "userns",
-            '"auto" (a subuid range per container) is not implemented yet; use "host" or leave it unset',
-        )
 
     no_rate: tuple[int | None, int | None] = (None, None)
     rate_in, rate_out = c.get("network_rate", shaping.parse_network_rate, no_rate)
@@ -1401,6 +1394,11 @@ DAEMON_KEYS: tuple[str, ...] = (
     "bridge",
     "bridge_subnet",
     "net_prefix",
+    "userns",
+    "userns_user",
+    "subuid_file",
+    "subgid_file",
+    "userns_size",
 )
 TOP_LEVEL_TABLES: tuple[str, ...] = ("daemon", "defaults", "containers", "networks")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error", "critical")
@@ -1427,6 +1425,14 @@ class DaemonConfig:
     bridge_subnet: str = "10.88.0.0/16"
     net_prefix: str = "nsv"
     networks: tuple[tuple[str, str, int], ...] = ()  # [networks.NAME]: (name, subnet, mtu)
+    # User namespaces (supervisor.daemon.userns): the default of containers
+    # that set none, the dedicated user whose subuid/subgid entries are cut
+    # into one range of userns_size ids per container.
+    userns: str = "host"
+    userns_user: str = "nsvisor"
+    subuid_file: str = "/etc/subuid"
+    subgid_file: str = "/etc/subgid"
+    userns_size: int = 65536
     containers: tuple[ContainerSpec, ...] = ()
     source: str | None = None  # the config file, None when run without one
 
@@ -1509,6 +1515,23 @@ def _subnet(value: Any) -> str:
     return str(parse_subnet(value))
 
 
+def _user_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        raise ValueError(f'{_q(value)} is not a user name (lower case, at most 32); e.g. "nsvisor"')
+    return value
+
+
+def _userns_size(value: Any) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 1 << 24:
+        raise ValueError(
+            f"{_q(value)} is not a number of ids in 1024..16777216; use 65536 (every uid a"
+            " distribution's rootfs uses, nobody = 65534 included)"
+        )
+    return value
+
+
 def _net_prefix(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9]{0,5}", value):
         raise ValueError(f'{_q(value)} is not 1..6 lower-case letters and digits; e.g. "nsv"')
@@ -1527,6 +1550,11 @@ _DAEMON_PARSERS: dict[str, Callable[[Any], Any]] = {
     "bridge": _ifname,
     "bridge_subnet": _subnet,
     "net_prefix": _net_prefix,
+    "userns": _choice(("host", "auto")),
+    "userns_user": _user_name,
+    "subuid_file": _abs_path,
+    "subgid_file": _abs_path,
+    "userns_size": _userns_size,
 }
 
 

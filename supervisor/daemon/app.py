@@ -82,6 +82,7 @@ class Daemon:
         from supervisor.daemon.containers import ContainerManager
         from supervisor.daemon.events import EventBus
         from supervisor.daemon.reaper import Reaper
+        from supervisor.daemon.userns import UsernsPolicy
         from supervisor.network.manager import NetworkManager
 
         self.cfg = cfg
@@ -104,6 +105,13 @@ class Daemon:
                 bridge=cfg.bridge,
                 subnet=cfg.bridge_subnet,
                 networks=cfg.networks,
+            ),
+            userns=UsernsPolicy(
+                default=cfg.userns,
+                user=cfg.userns_user,
+                subuid_file=cfg.subuid_file,
+                subgid_file=cfg.subgid_file,
+                size=cfg.userns_size,
             ),
         )
         self.shutdown = trio.Event()

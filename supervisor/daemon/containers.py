@@ -34,6 +34,7 @@ from supervisor.daemon.events import EventBus
 from supervisor.daemon.memwatch import MemoryWatch
 from supervisor.daemon.reaper import Reaper
 from supervisor.daemon.statefile import read_json, write_json
+from supervisor.daemon.userns import UsernsPolicy
 from supervisor.errors import ConfigError, KernelError, NotFoundError, Problem, StateError
 from supervisor.lifecycle import State, is_active, transition
 from supervisor.network import model as netmodel
@@ -41,6 +42,7 @@ from supervisor.network import shaping
 from supervisor.network.manager import NetworkManager
 from supervisor.policy import decide, start_on_boot
 from supervisor.runtime import devices
+from supervisor.runtime.spec import IdMap
 from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 
 log = structlog.get_logger("nsvisor")
@@ -113,6 +115,8 @@ class Container:
     restart_count: int = 0
     stopped_by_user: bool = False
     last_delay_s: float | None = None
+    # --userns=auto: the container's host id range, from create to rm.
+    idmap: IdMap | None = None
     next_restart_at: float | None = None
     error: str | None = None
     from_config: bool = False
@@ -168,8 +172,10 @@ class ContainerManager:
         defaults: dict[str, Any] | None = None,
         host_cpus: int | None = None,
         network: NetworkManager | None = None,
+        userns: UsernsPolicy | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.userns = userns or UsernsPolicy()
         self.network = network or NetworkManager(state_dir)
         self.containers_dir = os.path.join(state_dir, "containers")
         os.makedirs(self.containers_dir, mode=0o700, exist_ok=True)
@@ -342,10 +348,16 @@ class ContainerManager:
                 f"container name {spec.name!r} is already in use; "
                 f"remove it first (nsvisor rm -f {spec.name}) or choose another --name"
             )
+        # First what can be refused (no free id range): nothing made yet.
+        idmap = (
+            self.userns.allocate(spec.name, spec.rootfs) if self.userns.wants(spec.userns) else None
+        )
         cdir = os.path.join(self.containers_dir, spec.name)
         os.makedirs(cdir, mode=0o700, exist_ok=True)
-        c = Container(name=spec.name, spec=spec, created_at=time.time(), dir=cdir)
+        c = Container(name=spec.name, spec=spec, created_at=time.time(), dir=cdir, idmap=idmap)
         c.from_config = from_config
+        if idmap is not None:
+            self.userns.save(cdir, idmap)
         write_json(os.path.join(cdir, "config.json"), spec.to_raw())
         # The log file exists from the start so that a reader can open it
         # before the first line is written (attached run, logs -f).
@@ -369,6 +381,7 @@ class ContainerManager:
         await trio.to_thread.run_sync(self.cgroups.remove, c.name)
         self.memwatch.retire(c.name)
         shutil.rmtree(c.dir, ignore_errors=True)
+        self.userns.release(c.name)
         del self.containers[name]
         self._publish_views()
         self.events.publish("destroy", name)
@@ -419,6 +432,7 @@ class ContainerManager:
                     c.exit_path,
                     net_path=net_path,
                     net_files=net_files,
+                    idmap=c.idmap,
                 )
             )
         except BaseException as exc:
@@ -837,6 +851,13 @@ class ContainerManager:
                     "devices": [d.to_raw() for d in c.spec.devices],
                     "no_new_privileges": True,
                     "read_only_rootfs": c.spec.read_only,
+                    "userns": "host"
+                    if c.idmap is None
+                    else {
+                        "mode": "auto",
+                        "uid_map": f"0 {c.idmap.uid} {c.idmap.size}",
+                        "gid_map": f"0 {c.idmap.gid} {c.idmap.size}",
+                    },
                 },
                 "limits": self.limits_in_force(c),
                 "memory_events": self.memwatch.counts(c.name),
@@ -867,11 +888,16 @@ class ContainerManager:
                 raw = read_json(os.path.join(cdir, "config.json"))
                 st = read_json(os.path.join(cdir, "state.json"))
                 spec = validate_container(raw, host_cpus=self.host_cpus, check_fs=False)
-            except (OSError, ValueError, ConfigError) as exc:
+                idmap = self.userns.load(name, cdir)
+            except (OSError, ValueError, KeyError, ConfigError, StateError) as exc:
                 log.error("state.corrupt", container=name, path=cdir, error=str(exc))
                 continue
             c = Container(
-                name=spec.name, spec=spec, created_at=float(st.get("created_at", 0)), dir=cdir
+                name=spec.name,
+                spec=spec,
+                created_at=float(st.get("created_at", 0)),
+                dir=cdir,
+                idmap=idmap,
             )
             c.started_at = st.get("started_at")
             c.finished_at = st.get("finished_at")

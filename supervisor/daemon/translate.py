@@ -9,7 +9,7 @@ import os
 from supervisor.cgroups import CgroupManager, Limits
 from supervisor.cgroups.limits import DeviceWeight, IoThrottle
 from supervisor.config import ContainerSpec
-from supervisor.runtime.spec import DeviceNode, LaunchSpec, Mount, Namespaces, NetMode
+from supervisor.runtime.spec import DeviceNode, IdMap, LaunchSpec, Mount, Namespaces, NetMode
 
 
 def limits_for(spec: ContainerSpec) -> Limits:
@@ -77,6 +77,7 @@ def launch_spec_for(
     *,
     net_path: str = "",
     net_files: tuple[tuple[str, str], ...] = (),
+    idmap: IdMap | None = None,
 ) -> LaunchSpec:
     """net_path / net_files: the network namespace to join and the files
     (hosts, resolv.conf) to bind, from supervisor.network, for a bridge
@@ -120,4 +121,5 @@ def launch_spec_for(
             DeviceNode(path=d.container_path, type=d.type, major=d.major, minor=d.minor)
             for d in spec.devices
         ),
+        idmap=idmap,
     )
