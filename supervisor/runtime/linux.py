@@ -213,6 +213,18 @@ def idmapped_bind(source: str, target: str, userns_fd: int) -> None:
         os.close(fd)
 
 
+def set_fs_ids(uid: int, gid: int) -> None:
+    """setfsuid/setfsgid: the ids files are created with and access is checked
+    against (this thread). Neither reports failure; read back to check."""
+    _libc.setfsgid(ctypes.c_uint(gid))
+    _libc.setfsuid(ctypes.c_uint(uid))
+    # (-1 is no id: the call only returns the current one, as a C int)
+    now_uid = _libc.setfsuid(ctypes.c_uint(0xFFFFFFFF)) & 0xFFFFFFFF
+    now_gid = _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) & 0xFFFFFFFF
+    if (now_uid, now_gid) != (uid, gid):
+        raise OSError(1, f"setfsuid/setfsgid {uid}/{gid}: refused")
+
+
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), f"unshare(0x{flags:x})")
 

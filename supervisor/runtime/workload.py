@@ -479,6 +479,16 @@ def _enter_userns(spec: LaunchSpec) -> None:
 
 
 def _mounts(spec: LaunchSpec) -> None:
+    if spec.idmap is not None:
+        # Create what the plan creates as the container's root: an idmapped
+        # rootfs refuses (EOVERFLOW) a creator whose fsuid it cannot map, and
+        # new mount points, nodes and links then belong to the container's
+        # root. A non-zero fsuid drops the file capabilities from the
+        # effective set: raise them again from the permitted one (still the
+        # host's, until the user namespace is entered).
+        linux.set_fs_ids(spec.host_uid(0), spec.host_gid(0))
+        _, permitted, _ = linux.capget()
+        linux.capset(permitted, permitted, 0)
     apply(rootfs_plan(spec), spec.rootfs, spec.idmap, _userns_fd[0] if _userns_fd else None)
 
 

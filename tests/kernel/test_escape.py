@@ -13,6 +13,10 @@ host with gcc at test time into this module's own copy of the rootfs.
 Where a test blocks something that would otherwise work, a counter-check
 (unconfined, or with the capability) shows that it is the mechanism under
 test that blocks it, not a missing tool.
+
+Every attempt runs twice: with the host's user namespace (the default) and
+with --userns=auto's (a user namespace mapping container root to an
+unprivileged host range, its own copy of the rootfs).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from supervisor.cgroups import CgroupManager, Limits, open_manager
 from supervisor.runtime.caps import CAPABILITIES, DEFAULT_CAPS
 from supervisor.runtime.devices import DeviceMapping, rules_for
 from supervisor.runtime.rootfs import build_busybox_rootfs
-from supervisor.runtime.spec import DeviceNode
+from supervisor.runtime.spec import DeviceNode, IdMap
 
 from .conftest import Launcher, Run
 
@@ -44,10 +48,12 @@ HELPER_SRC = Path(__file__).parent / "helpers" / "escape.c"
 MEMORY_LIMIT = 64 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def escape_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bool]:
-    """(rootfs, helper_built): a busybox rootfs of this module's own, with the
-    escape helper in /bin when gcc can build it statically."""
+# --userns=auto's variant: a range far from any real user's (no subuid file
+# is involved below the daemon; the kernel only needs ids nobody uses).
+USERNS = IdMap(uid=3_000_000_000, gid=3_000_000_000, size=65536)
+
+
+def _escape_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bool]:
     dest = str(tmp_path_factory.mktemp("escape") / "rootfs")
     build_busybox_rootfs(dest)
     gcc = shutil.which("gcc")
@@ -62,14 +68,29 @@ def escape_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bool]:
     return dest, built
 
 
+@pytest.fixture(scope="module")
+def escape_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bool]:
+    """(rootfs, helper_built): a busybox rootfs of this module's own, with the
+    escape helper in /bin when gcc can build it statically."""
+    return _escape_rootfs(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def escape_rootfs_userns(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bool]:
+    """The same for the user namespace variant (on a filesystem without
+    idmapped mounts it is chowned into USERNS's range)."""
+    return _escape_rootfs(tmp_path_factory)
+
+
 class Secure:
     """Starts containers as the daemon does: in a cgroup of a unique parent
     with the default device policy and a memory limit. Cleans up its cgroups
     and processes, also when a test fails."""
 
-    def __init__(self, launcher: Launcher, helper: bool) -> None:
+    def __init__(self, launcher: Launcher, helper: bool, idmap: IdMap | None = None) -> None:
         self.launcher = launcher
         self.helper = helper
+        self.idmap = idmap
         self.parent = f"nsvisor-esc-{os.getpid()}-{secrets.token_hex(3)}"
         self.m: CgroupManager = open_manager("/sys/fs/cgroup", self.parent)
         self.names: list[str] = []
@@ -83,7 +104,7 @@ class Secure:
 
     def run(self, script: str, grant: tuple[DeviceMapping, ...] = (), **kw: Any) -> Run:
         _, procs = self.cgroup(grant)
-        return self.launcher.run(script, cgroup_procs=procs, **kw)
+        return self.launcher.run(script, cgroup_procs=procs, idmap=self.idmap, **kw)
 
     def attempt(self, *args: str, **kw: Any) -> Run:
         if not self.helper:
@@ -99,9 +120,14 @@ class Secure:
             self.m.remove_parent()
 
 
-@pytest.fixture
-def secure(escape_rootfs: tuple[str, bool], tmp_path: Path, subreaper: None) -> Iterator[Secure]:
-    s = Secure(Launcher(escape_rootfs[0], tmp_path), escape_rootfs[1])
+@pytest.fixture(params=["host", "userns"])
+def secure(request: pytest.FixtureRequest, tmp_path: Path, subreaper: None) -> Iterator[Secure]:
+    if request.param == "host":
+        rootfs, helper = request.getfixturevalue("escape_rootfs")
+        s = Secure(Launcher(rootfs, tmp_path), helper)
+    else:
+        rootfs, helper = request.getfixturevalue("escape_rootfs_userns")
+        s = Secure(Launcher(rootfs, tmp_path), helper, USERNS)
     try:
         yield s
     finally:
@@ -205,7 +231,11 @@ def test_default_devices_still_work_under_the_policy(secure: Secure) -> None:
         "head -c 8 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok; "
         "head -c 4 /dev/zero | wc -c; mknod /tmp/n c 1 3 && echo mknod-null-ok"
     )
-    assert r.stdout.split() == ["8", "null-ok", "4", "mknod-null-ok"], r.stderr
+    if secure.idmap is None:
+        assert r.stdout.split() == ["8", "null-ok", "4", "mknod-null-ok"], r.stderr
+    else:  # mknod needs CAP_MKNOD in the host's user namespace: none at all
+        assert r.stdout.split() == ["8", "null-ok", "4"], r.stderr
+        assert "mknod: /tmp/n: Operation not permitted" in r.stderr
 
 
 @pytest.mark.cgroups
