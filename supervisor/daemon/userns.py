@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 
 from supervisor.daemon.statefile import read_json, write_json
-from supervisor.errors import ConfigError, Problem, StateError
+from supervisor.errors import StateError
 from supervisor.runtime.spec import IdMap
 
 # useradd's defaults (login.defs SUB_UID_MIN): the first id a new range may use.
@@ -44,28 +44,22 @@ class SubIdEntry:
 
 
 def parse_subid(text: str, path: str) -> list[SubIdEntry]:
-    """The entries of a subuid/subgid file; a malformed line is an error
-    naming the file and line (nothing is allocated from a file we cannot
+    """The entries of a subuid/subgid file; malformed lines are an error
+    naming the file and lines (nothing is allocated from a file we cannot
     read right)."""
     entries: list[SubIdEntry] = []
-    problems: list[Problem] = []
+    problems: list[str] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         parts = stripped.split(":")
         if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit() or not parts[0]:
-            problems.append(
-                Problem(
-                    f"line {lineno}",
-                    f"{stripped!r} is not NAME:START:COUNT; fix or remove the line",
-                    lineno,
-                )
-            )
+            problems.append(f"{path}:{lineno}: {stripped!r} is not NAME:START:COUNT")
             continue
         entries.append(SubIdEntry(parts[0], int(parts[1]), int(parts[2])))
     if problems:
-        raise ConfigError(problems, path)
+        raise StateError("; ".join(problems) + " (fix or remove the line)")
     return entries
 
 
