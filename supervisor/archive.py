@@ -16,6 +16,12 @@ an archive from a container cannot write outside it either.
 Ownership and modes are kept (uid/gid numerically, like `cp -a`); device
 nodes, fifos and sockets are skipped; hard links are copied as files.
 openat2 exists since Linux 5.6.
+
+A container with a user namespace (--userns=auto) is seen from the host with
+its ids shifted (an idmapped rootfs, a chowned one, its tmpfs): `idmap`
+translates them, so archives always carry the container's own ids, and
+`as_container_root` makes the extracting thread create files as the
+container's root (an idmapped mount refuses a creator it cannot map).
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ import shutil
 import stat
 import struct
 import tarfile
+from collections.abc import Iterator
 from typing import IO
+
+from supervisor.runtime.spec import IdMap
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
@@ -73,10 +82,55 @@ def open_dir(rootfd: int, path: str) -> int:
     return openat2(rootfd, normalize(path), os.O_PATH | os.O_DIRECTORY)
 
 
-def _add(tar: tarfile.TarFile, dirfd: int, name: str, arcname: str) -> None:
+NOBODY = 65534  # what an id outside the container's range is shown as
+
+
+def _inner(host_id: int, base: int, idmap: IdMap | None) -> int:
+    if idmap is None:
+        return host_id
+    return host_id - base if base <= host_id < base + idmap.size else NOBODY
+
+
+def shifted_view(rootfd: int, idmap: IdMap | None) -> IdMap | None:
+    """idmap when the root shows the container's ids shifted (a running
+    container's root, a chowned rootfs), None when it shows them as they are
+    (a stopped container's idmapped rootfs on disk) or there is no mapping."""
+    if idmap is not None and os.fstat(rootfd).st_uid == idmap.uid:
+        return idmap
+    return None
+
+
+@contextlib.contextmanager
+def as_container_root(idmap: IdMap | None) -> Iterator[None]:
+    """In this thread: fsuid/fsgid the container root's host ids, the file
+    capabilities raised again (a non-zero fsuid drops them from the effective
+    set; fsuid 0 again restores them)."""
+    if idmap is None:
+        yield
+        return
+    from supervisor.runtime import linux
+
+    linux.set_fs_ids(idmap.uid, idmap.gid)
+    try:
+        _, permitted, _ = linux.capget()
+        linux.capset(permitted, permitted, 0)
+        yield
+    finally:
+        linux.set_fs_ids(0, 0)
+
+
+def _add(
+    tar: tarfile.TarFile, dirfd: int, name: str, arcname: str, idmap: IdMap | None = None
+) -> None:
     st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     info = tarfile.TarInfo(arcname)
-    info.uid, info.gid = st.st_uid, st.st_gid
+    if idmap is None:
+        info.uid, info.gid = st.st_uid, st.st_gid
+    else:
+        info.uid, info.gid = (
+            _inner(st.st_uid, idmap.uid, idmap),
+            _inner(st.st_gid, idmap.gid, idmap),
+        )
     info.mode = stat.S_IMODE(st.st_mode)
     info.mtime = int(st.st_mtime)
     if stat.S_ISREG(st.st_mode):
@@ -92,7 +146,7 @@ def _add(tar: tarfile.TarFile, dirfd: int, name: str, arcname: str) -> None:
         )
         try:
             for entry in sorted(os.listdir(fd)):
-                _add(tar, fd, entry, f"{arcname}/{entry}")
+                _add(tar, fd, entry, f"{arcname}/{entry}", idmap)
         finally:
             os.close(fd)
     elif stat.S_ISLNK(st.st_mode):
@@ -102,9 +156,10 @@ def _add(tar: tarfile.TarFile, dirfd: int, name: str, arcname: str) -> None:
     # devices, fifos, sockets: not copied
 
 
-def write_tar(rootfd: int, path: str, out: IO[bytes]) -> None:
+def write_tar(rootfd: int, path: str, out: IO[bytes], idmap: IdMap | None = None) -> None:
     """Archive `path` (inside the root) to `out`; its entry is named by the
-    path's last component ("." for the root itself)."""
+    path's last component ("." for the root itself). idmap: the root shows
+    the ids shifted by it (`shifted_view`)."""
     path = normalize(path)
     parent, name = posixpath.split(path)
     try:
@@ -119,7 +174,7 @@ def write_tar(rootfd: int, path: str, out: IO[bytes]) -> None:
         except OSError as exc:
             raise ArchiveError(exc.errno or errno.ENOENT, f"{path}: {exc.strerror}") from None
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            _add(tar, pfd, name, name)
+            _add(tar, pfd, name, name, idmap)
     finally:
         os.close(pfd)
 
@@ -138,10 +193,22 @@ def _clear(dirfd: int, name: str, keep_dir: bool) -> None:
     os.unlink(name, dir_fd=dirfd)
 
 
-def extract_tar(rootfd: int, dest: str, src: IO[bytes], *, owners: bool = True) -> int:
+def extract_tar(
+    rootfd: int, dest: str, src: IO[bytes], *, owners: bool = True, idmap: IdMap | None = None
+) -> int:
     """Extract an archive made by write_tar to `dest` inside the root, as
     `cp -a` would: into dest when it is an existing directory, else as dest
-    (the archive's top entry renamed). Returns the number of entries."""
+    (the archive's top entry renamed). Returns the number of entries.
+    idmap: the root shows ids shifted by it; owners are shifted alike (an
+    owner outside the range is left to the creator)."""
+
+    def ids(member: tarfile.TarInfo) -> tuple[int, int] | None:
+        if idmap is None:
+            return member.uid, member.gid
+        if member.uid >= idmap.size or member.gid >= idmap.size:
+            return None
+        return idmap.host_uid(member.uid), idmap.host_gid(member.gid)
+
     must_be_dir = dest.endswith("/")  # "dir/": an existing directory, as cp wants
     dest = normalize(dest)
     try:
@@ -191,19 +258,17 @@ def extract_tar(rootfd: int, dest: str, src: IO[bytes], *, owners: bool = True) 
                         data = tar.extractfile(member)
                         if data is not None:
                             shutil.copyfileobj(data, f, 1 << 20)
-                        if owners:
+                        if owners and (owner := ids(member)) is not None:
                             with contextlib.suppress(PermissionError):
-                                os.fchown(f.fileno(), member.uid, member.gid)
+                                os.fchown(f.fileno(), *owner)
                         os.fchmod(f.fileno(), member.mode & 0o7777)
                         os.utime(f.fileno(), (member.mtime, member.mtime))
                 elif member.issym():
                     _clear(pfd, name, keep_dir=False)
                     os.symlink(member.linkname, name, dir_fd=pfd)
-                    if owners:
+                    if owners and (owner := ids(member)) is not None:
                         with contextlib.suppress(PermissionError):
-                            os.chown(
-                                name, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False
-                            )
+                            os.chown(name, *owner, dir_fd=pfd, follow_symlinks=False)
                 else:
                     continue
             except OSError as exc:
@@ -214,9 +279,9 @@ def extract_tar(rootfd: int, dest: str, src: IO[bytes], *, owners: bool = True) 
     for path, member in reversed(dirs):
         fd = openat2(rootfd, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            if owners:
+            if owners and (owner := ids(member)) is not None:
                 with contextlib.suppress(PermissionError):
-                    os.fchown(fd, member.uid, member.gid)
+                    os.fchown(fd, *owner)
             os.fchmod(fd, member.mode & 0o7777)
             os.utime(fd, (member.mtime, member.mtime))
         finally:

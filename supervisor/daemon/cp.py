@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import trio
 
-from supervisor.archive import ArchiveError, extract_tar, write_tar
+from supervisor.archive import ArchiveError, as_container_root, extract_tar, shifted_view, write_tar
 from supervisor.daemon.containers import Container
 from supervisor.errors import ConfigError, NotFoundError, Problem, StateError
 
@@ -75,7 +75,7 @@ async def archive_get(c: Container, query: dict[str, str]) -> tuple[str, AsyncIt
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by chunks()
         root = open_root(c)
         try:
-            write_tar(root, path, spool)
+            write_tar(root, path, spool, shifted_view(root, c.idmap))
         except BaseException:
             spool.close()
             raise
@@ -116,7 +116,9 @@ async def archive_put(
             spool.seek(0)
             root = open_root(c)
             try:
-                return extract_tar(root, path, spool)
+                idmap = shifted_view(root, c.idmap)
+                with as_container_root(idmap):
+                    return extract_tar(root, path, spool, idmap=idmap)
             finally:
                 os.close(root)
 

@@ -7,7 +7,9 @@ host's /etc ones."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,43 @@ def test_exhausted_or_unreadable_ranges_are_clear_errors(daemon: Daemon, tmp_pat
     assert (
         r.returncode != 0 and f"{tmp_path}/subgid:1" in r.stderr and "NAME:START:COUNT" in r.stderr
     )
+
+
+def test_cp_in_and_out_with_container_ids(daemon: Daemon, tmp_path: Path) -> None:
+    """cp carries the container's own ids both ways: into the idmapped rootfs
+    (created as the container's root: host root could not create through the
+    mapping) and into a tmpfs, and out again."""
+    d = daemon
+    d.start(config=_config(tmp_path))
+    rootfs = tmp_path / "rootfs"
+    subprocess.run(["cp", "-a", d.rootfs, str(rootfs)], check=True)
+    d.cli(
+        "run",
+        "-d",
+        "--name",
+        "cpb",
+        "--userns",
+        "auto",
+        "--tmpfs",
+        "/work",
+        str(rootfs),
+        "--",
+        "sleep",
+        "600",
+    )
+    src = tmp_path / "f"
+    src.write_text("hi\n")
+    os.chown(src, 1234, 4321)
+    d.cli("cp", str(src), "cpb:/etc/added")
+    d.cli("cp", str(src), "cpb:/work/added")
+    r = d.cli("exec", "cpb", "stat", "-c", "%u %g", "/etc/added", "/work/added")
+    assert r.stdout.split("\n")[:2] == ["1234 4321", "1234 4321"], r.stdout
+    on_disk = (rootfs / "etc" / "added").stat()
+    base = _uid_map(d, "cpb")[1]
+    # An idmapped rootfs stores the container's ids; a chowned one the host's.
+    assert (on_disk.st_uid, on_disk.st_gid) in ((1234, 4321), (base + 1234, on_disk.st_gid))
+    d.cli("exec", "cpb", "sh", "-c", "echo made > /work/m && chown 7:8 /work/m")
+    out = tmp_path / "out"
+    d.cli("cp", "cpb:/work/m", str(out))
+    st = out.stat()
+    assert (out.read_text(), st.st_uid, st.st_gid) == ("made\n", 7, 8)
