@@ -365,6 +365,15 @@ def test_other_privileged_kernel_interfaces_are_blocked(secure: Secure) -> None:
 # --- what the workload is given --------------------------------------------------
 
 
+def test_personality_argument_filter(secure: Secure) -> None:
+    """personality(ADDR_NO_RANDOMIZE) is refused by the profile's argument
+    filter (the query is allowed); unconfined it goes through."""
+    r = secure.attempt("personality")
+    _blocked(r)
+    assert "personality(ADDR_NO_RANDOMIZE)" in r.stdout, r.stdout
+    assert "ESCAPED" in secure.attempt("personality", seccomp="unconfined").stdout
+
+
 def test_no_fd_leaks_into_the_container(secure: Secure) -> None:
     """Only stdin, stdout and stderr (and ls's own directory fd)."""
     r = secure.run("ls /proc/self/fd")

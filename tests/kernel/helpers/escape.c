@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/personality.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -124,6 +125,15 @@ static int setns_call(void) {
     return escaped("setns into PID 1's mount namespace");
 }
 
+/* Docker's profile lets personality() through only for a few values (the
+ * query 0xffffffff, PER_LINUX, PER_LINUX32, UNAME26 and their pairs);
+ * ADDR_NO_RANDOMIZE would switch off ASLR for what the process execs. */
+static int personality_call(void) {
+    if (personality(0xffffffff) == -1) return blocked("personality query (should be allowed)");
+    if (personality(ADDR_NO_RANDOMIZE) == -1) return blocked("personality(ADDR_NO_RANDOMIZE)");
+    return escaped("personality(ADDR_NO_RANDOMIZE)");
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *c = argv[1];
@@ -138,6 +148,7 @@ int main(int argc, char **argv) {
     if (!strcmp(c, "perf")) return perf_open();
     if (!strcmp(c, "keyctl")) return keyctl_call();
     if (!strcmp(c, "setns")) return setns_call();
+    if (!strcmp(c, "personality")) return personality_call();
     fprintf(stderr, "unknown attempt %s\n", c);
     return 2;
 }
