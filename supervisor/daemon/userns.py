@@ -71,8 +71,8 @@ def _free_start(entries: list[SubIdEntry], count: int, align: int) -> int:
             break
         if e.end > start:
             start = -(-e.end // align) * align
-    if start + count > 1 << 32:
-        raise StateError(f"no free range of {count} ids below 2^32 for a new subordinate id entry")
+    if start + count > 1 << 31:
+        raise StateError(f"no free range of {count} ids below 2^31 for a new subordinate id entry")
     return start
 
 
@@ -117,7 +117,9 @@ class RangeAllocator:
         self.gids = gids
         self.size = size
         self.source = source  # for messages: where the ranges came from
-        self.slots = min(uids.count, gids.count) // size
+        # Ids from 2^31 on are not used (supervisor.runtime.spec.IdMap).
+        usable = min(uids.count, gids.count, (1 << 31) - uids.start, (1 << 31) - gids.start)
+        self.slots = max(usable, 0) // size
         if self.slots < 1:
             raise StateError(
                 f"{source}: {uids.count} uids / {gids.count} gids hold no user namespace of"

@@ -124,8 +124,10 @@ class IdMap:
                 f"idmap uid {self.uid}, gid {self.gid}, size {self.size}: all must be > 0"
                 " (host root is never mapped)"
             )
-        if max(self.uid, self.gid) + self.size > 1 << 32:
-            raise LaunchSpecError("idmap range ends beyond uid 2^32")
+        if max(self.uid, self.gid) + self.size > 1 << 31:
+            # devpts (gid=) and tmpfs (uid=, gid=) parse signed ints on older
+            # kernels (6.1): ids from 2^31 on cannot be given to them.
+            raise LaunchSpecError("idmap range ends beyond id 2^31 - 1; use a lower range")
 
     def host_uid(self, uid: int) -> int:
         return self.uid + uid

@@ -50,7 +50,7 @@ MEMORY_LIMIT = 64 * 1024 * 1024
 
 # --userns=auto's variant: a range far from any real user's (no subuid file
 # is involved below the daemon; the kernel only needs ids nobody uses).
-USERNS = IdMap(uid=3_000_000_000, gid=3_000_000_000, size=65536)
+USERNS = IdMap(uid=1_000_000_000, gid=1_000_000_000, size=65536)
 
 
 def _escape_rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, bool]:

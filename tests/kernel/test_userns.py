@@ -21,8 +21,8 @@ from .conftest import Launcher, wait_until
 
 pytestmark = [pytest.mark.kernel, pytest.mark.cgroups]
 
-IDS = IdMap(uid=3_100_000_000, gid=3_200_000_000, size=65536)
-OTHER = IdMap(uid=3_100_065_536, gid=3_200_065_536, size=65536)
+IDS = IdMap(uid=1_100_000_000, gid=1_200_000_000, size=65536)
+OTHER = IdMap(uid=1_100_065_536, gid=1_200_065_536, size=65536)
 
 
 def _kernel() -> tuple[int, int]:

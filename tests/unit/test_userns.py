@@ -126,6 +126,16 @@ def test_a_rootfs_shifted_for_a_slot_gets_that_slot() -> None:
     assert a.allocate("y", prefer_uid=12345) == a.idmap(0)
 
 
+def test_ids_from_2_31_on_are_not_used() -> None:
+    a = RangeAllocator(
+        SubIdEntry("n", (1 << 31) - 2 * SIZE, 10 * SIZE),
+        SubIdEntry("n", 100000, 10 * SIZE),
+        SIZE,
+        "s",
+    )
+    assert a.slots == 2
+
+
 def test_a_range_too_small_for_one_container_is_refused() -> None:
     with pytest.raises(StateError, match="hold no user namespace of 65536 ids"):
         RangeAllocator(SubIdEntry("n", 100000, 1000), SubIdEntry("n", 100000, SIZE), SIZE, "src")
@@ -164,6 +174,8 @@ def test_idmap_validation_and_round_trip() -> None:
         _spec(idmap=idmap, uid=70000)
     with pytest.raises(LaunchSpecError, match="host root is never mapped"):
         IdMap(uid=0, gid=100000, size=SIZE)
+    with pytest.raises(LaunchSpecError, match="beyond id 2"):
+        IdMap(uid=(1 << 31) - 100, gid=100000, size=SIZE)
 
 
 def test_plan_with_a_user_namespace_gives_the_container_root_its_mounts() -> None:
