@@ -20,6 +20,9 @@ What the table does (IPv4 only):
   host did not forward before), forwarded packets that neither enter nor leave
   an nsvisor bridge are dropped, so the host forwards nothing it did not
   forward before.
+- network isolation (Docker's DOCKER-ISOLATION stages): a packet from one
+  nsvisor network to another is dropped; only a published port (DNAT'd, as
+  from anywhere else) crosses.
 """
 
 from __future__ import annotations
@@ -83,11 +86,20 @@ def render(
             f'    ip saddr {b.subnet} oifname "{b.bridge}" ct status dnat masquerade',
         ]
     lines += ["  }"]
+    isolate = [
+        f'    iifname "{b.bridge}" oifname != "{b.bridge}" meta oifgroup {IFGROUP:#x}'
+        " ct status & dnat == 0 drop"
+        for b in sorted(bridges, key=lambda b: b.bridge)
+    ]
+    if len(isolate) < 2:
+        isolate = []  # one network: nothing to isolate it from
     if forward_guard:
+        isolate.append(f"    meta iifgroup != {IFGROUP:#x} meta oifgroup != {IFGROUP:#x} drop")
+    if isolate:
         lines += [
             "  chain forward {",
             "    type filter hook forward priority filter; policy accept;",
-            f"    meta iifgroup != {IFGROUP:#x} meta oifgroup != {IFGROUP:#x} drop",
+            *isolate,
             "  }",
         ]
     lines += ["}"]

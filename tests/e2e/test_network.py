@@ -262,6 +262,17 @@ def test_container_network_mode_shares_the_namespace_and_user_networks(
         "run", "--rm", "--network", "app", daemon.rootfs, "--", "wget", "-qO-", "http://db/hostname"
     )
     assert r.stdout == "db\n"
+    # Another network cannot reach it, not even by address (from the default
+    # bridge, which has a container of its own: its bridge is up meanwhile).
+    probe = f"nc -w 3 10.{x}.254.2 80 </dev/null; echo nc=$?"
+    daemon.cli(
+        "run", "-d", "--name", "other", "--network", "bridge", daemon.rootfs, "--", "sleep", "600"
+    )
+    r = daemon.cli("exec", "other", "sh", "-c", probe)
+    assert r.stdout.strip() == "nc=1", (r.stdout, r.stderr)
+    r = daemon.cli("run", "--rm", "--network", "app", daemon.rootfs, "--", "sh", "-c", probe)
+    assert r.stdout.strip() == "nc=0", (r.stdout, r.stderr)  # the same probe, same network
+    daemon.cli("rm", "-f", "other")
     listed = json.loads(daemon.cli("network", "inspect", "app").stdout)[0]
     assert listed["subnet"] == sub and listed["containers"] == {"db": f"10.{x}.254.2"}
     assert "app" in daemon.cli("network", "ls").stdout

@@ -110,3 +110,15 @@ def test_render_is_one_atomic_table_replace() -> None:
     assert '    ip saddr 10.1.0.0/24 oifname != "br0" masquerade' in lines
     assert any("iifgroup" in line and "drop" in line for line in lines)
     assert "forward" not in nft.render("t", [], [], forward_guard=False)
+
+
+def test_render_isolates_networks_from_each_other() -> None:
+    bridges = [nft.BridgeRules("br1", "10.1.0.0/24"), nft.BridgeRules("br0", "10.0.0.0/24")]
+    lines = nft.render("t", bridges, [], forward_guard=False).splitlines()
+    group = f"{model.IFGROUP:#x}"
+    assert [line for line in lines if "ct status & dnat == 0 drop" in line] == [
+        f'    iifname "br0" oifname != "br0" meta oifgroup {group} ct status & dnat == 0 drop',
+        f'    iifname "br1" oifname != "br1" meta oifgroup {group} ct status & dnat == 0 drop',
+    ]
+    single = nft.render("t", bridges[:1], [], forward_guard=False)
+    assert "forward" not in single
