@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -37,6 +38,7 @@ import trio
 from supervisor import __version__
 from supervisor.daemon.containers import ContainerManager
 from supervisor.daemon.events import EventBus
+from supervisor.daemon.execs import container_pty
 from supervisor.daemon.logs import follow_log
 from supervisor.errors import ConfigError, KernelError, NotFoundError, Problem, StateError
 from supervisor.runtime.zygote import LaunchError
@@ -519,6 +521,16 @@ async def _stream(send: Send, receive: Receive, stream: Stream) -> None:
 STDOUT, STDERR = b"\x01", b"\x02"
 
 
+def open_exec_pty(m: ContainerManager, name: str) -> tuple[int, int]:
+    """A pty of the container's devpts (supervisor.daemon.execs.container_pty);
+    a host pty when it is not running (exec_start then refuses the request)."""
+    c = m.containers.get(name)
+    run = c.run if c is not None and c.state == "running" else None
+    if run is None or run.workload_pid is None:
+        return os.openpty()
+    return container_pty(run.workload_pid)
+
+
 async def _exec_session(m: ContainerManager, name: str, receive: Receive, send: Send) -> None:
     import fcntl
     import os
@@ -556,7 +568,11 @@ async def _exec_session(m: ContainerManager, name: str, receive: Receive, send: 
     ours: list[int] = []  # the daemon's ends: stdin writer, stdout, stderr readers
     theirs: list[int] = []  # the exec'd process's stdin, stdout, stderr
     if req.tty:
-        master, slave = os.openpty()
+        try:
+            master, slave = open_exec_pty(m, name)
+        except OSError as exc:
+            await send_json({"error": f"exec -t: {exc}", "exit_code": 125, "status": 500})
+            return
         os.set_inheritable(master, False)
         os.set_inheritable(slave, False)
         if size:

@@ -174,3 +174,44 @@ def exec_spec_for(
         tty=req.tty,
         seccomp=spec.seccomp,
     )
+
+
+# ioctls of asm-generic/ioctls.h the termios module lacks
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+_PTMX = (5, 2)  # major, minor of /dev/ptmx and every devpts ptmx
+
+
+def container_pty(workload_pid: int) -> tuple[int, int]:
+    """(master, slave) of a new pty of the container's own devpts instance,
+    as `exec -t` needs it: a pty of the host's /dev/ptmx would be a path that
+    does not exist inside (`tty` says "not a tty"). The ptmx is opened
+    through the container's root without following links (the container
+    owns its /dev), checked to be a ptmx, and the slave comes from the master
+    itself (TIOCGPTPEER), never from a path."""
+    import fcntl
+
+    from supervisor.archive import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+
+    root = os.open(f"/proc/{workload_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        master = openat2(
+            root,
+            "/dev/pts/ptmx",
+            os.O_RDWR | os.O_NOCTTY,
+            resolve=RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | 0x04,  # RESOLVE_NO_SYMLINKS
+        )
+    finally:
+        os.close(root)
+    try:
+        rdev = os.fstat(master).st_rdev
+        if (os.major(rdev), os.minor(rdev)) != _PTMX:
+            raise OSError(
+                f"the container's /dev/pts/ptmx is no ptmx ({os.major(rdev)}:{os.minor(rdev)})"
+            )
+        fcntl.ioctl(master, _TIOCSPTLCK, b"\0\0\0\0")
+        slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(master)
+        raise
+    return master, slave

@@ -269,6 +269,16 @@ def _execvpe(spec: ExecSpec) -> NoReturn:
     execvpe(spec.argv, spec.env, spec.path_env())
 
 
+def _host_uid(pid: int, uid: int) -> int:
+    """A uid of the target's user namespace as the host sees it (its uid_map)."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        for line in f:
+            inside, outside, count = (int(v) for v in line.split())
+            if inside <= uid < inside + count:
+                return outside + uid - inside
+    raise OSError(errno.EINVAL, f"uid {uid} is not mapped in the container's user namespace")
+
+
 def _exec_child(spec: ExecSpec, namespaces: list[tuple[str, int, int]], errfd: int) -> NoReturn:
     code = EXIT_SETUP_FAILED
     step = "set up"
@@ -284,6 +294,9 @@ def _exec_child(spec: ExecSpec, namespaces: list[tuple[str, int, int]], errfd: i
         if spec.tty:
             step = "set the controlling terminal"
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            # The user the command runs as owns its terminal (as in the
+            # workload), a host id when the container has a user namespace.
+            os.fchown(0, _host_uid(spec.target_pid, spec.uid), -1)
         step = "join the container's cgroup"
         for path in spec.cgroup_procs:
             with open(path, "w") as f:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import select
 import signal
 import struct
@@ -153,7 +154,8 @@ def _read_until(fd: int, needle: bytes, buf: bytearray, timeout: float = 30) -> 
 
 
 def test_tty_with_resize(box: Daemon) -> None:
-    """exec -it: the command gets a terminal of the CLI's size; a SIGWINCH
+    """exec -it: the command gets a terminal (of the container's devpts: `tty`
+    names it) of the CLI's size; a SIGWINCH
     of the CLI resizes it; the exit code comes back.
 
     The resize travels beside the typed input, so the command reports its
@@ -163,7 +165,7 @@ def test_tty_with_resize(box: Daemon) -> None:
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     script = (
-        "test -t 0 && echo is-a-tty; echo size $(stty size);"
+        "test -t 0 && echo is-a-tty; echo tty=$(tty) owner=$(stat -c %u $(tty)); echo size $(stty size);"
         ' while read x; do s=$(stty size); echo size $s; [ "$s" = "40 120" ] && break; done;'
         " echo got $x; exit 5"
     )
@@ -177,6 +179,8 @@ def test_tty_with_resize(box: Daemon) -> None:
     try:
         _read_until(master, b"size 30 100", buf)
         assert b"is-a-tty" in buf
+        # A pty of the container's own devpts: its path exists inside.
+        assert re.search(rb"tty=/dev/pts/\d+ owner=0", buf), bytes(buf)
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         p.send_signal(signal.SIGWINCH)
         deadline = time.monotonic() + 30
