@@ -22,9 +22,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+import structlog
+
 from supervisor.daemon.statefile import read_json, write_json
 from supervisor.errors import StateError
 from supervisor.runtime.spec import IdMap
+
+log = structlog.get_logger("nsvisor")
 
 # useradd's defaults (login.defs SUB_UID_MIN): the first id a new range may use.
 SUB_ID_MIN = 100_000
@@ -262,5 +266,10 @@ class UsernsPolicy:
             return None
         raw = read_json(path)
         idmap = IdMap(uid=int(raw["uid"]), gid=int(raw["gid"]), size=int(raw["size"]))
-        self.allocator.claim(name, idmap)
+        try:
+            self.allocator.claim(name, idmap)
+        except StateError as exc:
+            # Its processes may be running with that mapping: keep it (an
+            # unknown container would be worse); the operator is told.
+            log.error("userns.range_not_claimed", container=name, error=str(exc))
         return idmap

@@ -158,6 +158,11 @@ def test_policy_default_and_persistence(tmp_path: Path) -> None:
     assert again.load("c1", str(cdir)) == idmap
     assert again.allocate("c2", str(rootfs)) != idmap
     assert again.load("c9", str(tmp_path)) is None  # no userns.json: userns=host
+    # A range that is no slot of the present files (they were edited): the
+    # container is still known with the mapping its processes run with.
+    odd = IdMap(uid=5000, gid=5000, size=SIZE)
+    policy.save(str(cdir), odd)
+    assert again.load("c3", str(cdir)) == odd
 
 
 # --- LaunchSpec and the mount plan ---------------------------------------------------
