@@ -189,6 +189,14 @@ def _split_options(options: Sequence[str]) -> tuple[int, str | None]:
     return flags, ",".join(data) or None
 
 
+def _host_ids_option(option: str, spec: LaunchSpec) -> str:
+    key, sep, value = option.partition("=")
+    if sep and value.isdigit() and key in ("uid", "gid"):
+        host = spec.host_uid(int(value)) if key == "uid" else spec.host_gid(int(value))
+        return f"{key}={host}"
+    return option
+
+
 def rootfs_plan(spec: LaunchSpec) -> list[Op]:
     """The whole mount set-up, in order. Paths before PivotRoot are relative to
     the rootfs (resolved with `secure_join` when applied), paths after it are
@@ -257,13 +265,13 @@ def rootfs_plan(spec: LaunchSpec) -> list[Op]:
         ]
     ops += [Symlink(link, f"/dev/{name}", ruid, rgid) for link, name in DEV_SYMLINKS]
     for m in spec.mounts:
-        flags, data = _split_options(m.options)
-        if (
-            m.type == "tmpfs"
-            and owner
-            and not any(o.startswith(("uid=", "gid=")) for o in m.options)
-        ):
-            data = (data or "mode=755") + owner
+        options = m.options
+        if m.type == "tmpfs" and spec.idmap is not None:
+            # Owners are the container's ids: the kernel reads them as host ids.
+            options = tuple(_host_ids_option(o, spec) for o in options)
+            if not any(o.startswith(("uid=", "gid=")) for o in options):
+                options += (f"uid={spec.host_uid(0)}", f"gid={spec.host_gid(0)}")
+        flags, data = _split_options(options)
         if m.type == "bind":
             ops.append(Bind(m.source, m.destination, flags, m.readonly))
         else:

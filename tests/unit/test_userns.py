@@ -193,6 +193,16 @@ def test_plan_with_a_user_namespace_gives_the_container_root_its_mounts() -> Non
     assert data["/dev"] is not None and data["/dev"].endswith(",uid=200000,gid=300000")
     assert data["/dev/shm"] is not None and "uid=200000,gid=300000" in data["/dev/shm"]
     assert data["/run"] == "size=1m,uid=200000,gid=300000"
+    explicit = rootfs_plan(
+        _spec(
+            idmap=idmap,
+            mounts=(
+                Mount(type="tmpfs", destination="/srv", options=("uid=5", "gid=7", "mode=700")),
+            ),
+        )
+    )
+    srv = next(op for op in explicit if isinstance(op, MountFs) and op.target == "/srv")
+    assert srv.data == "uid=200005,gid=300007,mode=700"
     assert data["/dev/pts"] is not None and "gid=300005" in data["/dev/pts"]
     assert {(op.uid, op.gid) for op in ops if isinstance(op, MakeDev | Symlink)} == {
         (200000, 300000)
