@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, NoReturn
 from supervisor.errors import NsvisorError
 from supervisor.runtime import linux
 from supervisor.runtime.exec import EXEC_MAGIC, spawn_exec
-from supervisor.runtime.monitor import run_monitor
+from supervisor.runtime.monitor import monitor_binary, run_monitor
 from supervisor.runtime.spec import LaunchSpec
 
 if TYPE_CHECKING:
@@ -196,6 +196,7 @@ def launch_sync(spec: LaunchSpec, timeout_s: float = 30.0) -> Launched:
     """Launch without a zygote: fork the intermediate from the caller. For
     tests and benchmarks; the caller should be a PR_SET_CHILD_SUBREAPER (the
     monitor is re-parented to the nearest one) and must reap the monitor."""
+    monitor_binary()  # fails naming the fix when nsvisor-monitor was not built
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     events = _Events(spec.name)
     try:
@@ -273,6 +274,7 @@ class Zygote:
 
     @classmethod
     def spawn(cls) -> Zygote:
+        monitor_binary()  # fails naming the fix when nsvisor-monitor was not built
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         daemon_pid = os.getpid()
         gc.freeze()
