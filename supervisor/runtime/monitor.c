@@ -3,7 +3,7 @@
  * (a Python process forked from the daemon dirties ~1.3 MiB by just polling).
  *
  * Started by supervisor/runtime/monitor.py: the container's first process
- * (Python, forked by the intermediate) forks the workload, which waits on the
+ * (Python, cloned by the zygote) forks the workload, which waits on the
  * sync pipe, then execve()s this binary in place: same pid, PID 1 of the
  * container, in the host mount namespace. Everything is handed over as fds:
  *
@@ -904,7 +904,7 @@ int main(void)
     long long oom_before = read_oom_kill();
 
     /* Signals: everything but the fault signals stays blocked (they arrived
-     * blocked from the intermediate) and is read from a signalfd; a signal
+     * blocked from the zygote's clone) and is read from a signalfd; a signal
      * that came before is still pending and is forwarded. Blocked signals
      * reach PID 1 even from inside its namespace. */
     sigset_t mask;

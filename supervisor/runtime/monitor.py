@@ -4,7 +4,7 @@
 Two stages in the same process (same pid, PID 1 of the container's pid
 namespace, in the host mount namespace):
 
-1. Python (this module), forked by the intermediate: forks the workload
+1. Python (this module), cloned by the zygote: forks the workload
    (supervisor.runtime.workload.exec_workload, held at a gate until the
    monitor is ready), then execve()s
 2. nsvisor-monitor (monitor.c, built by deploy/setup.sh), which does the
@@ -117,7 +117,7 @@ def _params(spec: LaunchSpec, fds: dict[str, int], workload_pid: int, private: b
 def run_monitor(
     spec: LaunchSpec, sock: socket.socket, workload: Workload = exec_workload
 ) -> NoReturn:
-    """In the process forked by the intermediate, all signals blocked. Forks
+    """In the process cloned by the zygote, all signals blocked. Forks
     the workload, then becomes nsvisor-monitor. Never returns. `workload`
     is exec_workload's stand-in for tests."""
     code = 255
@@ -170,7 +170,7 @@ def run_monitor(
             "stdin": stdin_w,
         }
         # fd 3 is the parameters' pipe: whatever sits there (the launch
-        # socket, from the intermediate) moves first.
+        # socket, from the zygote's clone) moves first.
         for key, fd in fds.items():
             if fd == 3:
                 fds[key] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
