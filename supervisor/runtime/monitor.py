@@ -126,6 +126,11 @@ def run_monitor(
         private = spec.namespaces.pid == "private" and os.getpid() == 1
         os.setsid()
         linux.prctl(linux.PR_SET_DUMPABLE, 0)
+        devnull = os.open("/dev/null", os.O_RDWR)  # nothing of the daemon's stdio
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        if devnull > 2:
+            os.close(devnull)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
