@@ -51,8 +51,6 @@ from supervisor.runtime.workload import exec_workload
 
 MONITOR_SOURCE = Path(__file__).with_name("monitor.c")
 MONITOR_BINARY = Path(__file__).with_name("nsvisor-monitor")
-# Docker's json-file driver splits lines longer than this (monitor.c MAX_LINE).
-MAX_LINE = 16 * 1024
 # An attach client this far behind is dropped (monitor.c CLIENT_BUFFER).
 CLIENT_BUFFER = 1 << 20
 # The workload exits with this when the monitor never released it.
