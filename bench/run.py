@@ -307,6 +307,24 @@ class Bench:
         self.rows += scrape_rows
         self.rows += restart_rows
 
+    def memory(self) -> None:
+        """Item 4 alone: the memory sizes, nothing else started."""
+        p = self.plan
+        time.sleep(0.5)
+        base_rss = rss_kib(self.d.pid) or 0
+        zyg = self.d.zygote_pid()
+        self.rows.append("4. memory per container (monitor PSS + daemon RSS growth)")
+        self.rows.append(row("daemon RSS, idle, before containers", "MiB", [base_rss / MIB]))
+        if zyg:
+            self.rows.append(row("zygote PSS (fixed cost)", "MiB", [(pss_kib(zyg) or 0) / MIB]))
+        current = 0
+        for level in sorted(p.memory_sizes):
+            self.d.start_many([self.sleeper(f"s{i}") for i in range(current, level)], workers=32)
+            current = level
+            self.log(f"{current} containers running")
+            self.rows += self._memory(level, base_rss)
+        self.d.remove_all()
+
     def scrape_variants(self, variants: list[Variant]) -> None:
         """Item 5 alone, once per daemon variant, one daemon after the other
         (each starts its own sleepers; same cgroup parent, emptied between)."""
@@ -567,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--items",
         default="start,restart,scale",
-        help="comma list of start,restart,scale,scrape (scrape: item 5 alone, per --variants)",
+        help="comma list of start,restart,scale,memory,scrape (memory: item 4 alone; scrape: "
+        "item 5 alone, per --variants)",
     )
     ap.add_argument(
         "--variants",
@@ -611,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
         if "scale" in items:
             log("mass start, memory, scrape")
             b.scale()
+        if "memory" in items:
+            log("memory per container")
+            b.memory()
         if "scrape" in items:
             log("scrape cost per daemon variant")
             b.scrape_variants([Variant.parse(v) for v in args.variants.split(",")])

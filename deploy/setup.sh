@@ -5,7 +5,7 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PKGS=(busybox-static libseccomp2 iproute2 nftables util-linux mount procps e2fsprogs runc crun
-      qemu-system-x86 qemu-system-data linux-image-amd64 cpio kmod
+      qemu-system-x86 qemu-system-data linux-image-amd64 cpio kmod gcc libc6-dev
       prometheus prometheus-alertmanager)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -15,6 +15,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The container monitor (supervisor/runtime/monitor.c): one C file, libc only.
+MON_SRC="$REPO/supervisor/runtime/monitor.c"
+MON_BIN="$REPO/supervisor/runtime/nsvisor-monitor"
+if [ ! -x "$MON_BIN" ] || [ "$MON_SRC" -nt "$MON_BIN" ]; then
+    ${CC:-gcc} -std=c11 -O2 -Wall -Wextra -Werror -o "$MON_BIN.tmp" "$MON_SRC"
+    mv "$MON_BIN.tmp" "$MON_BIN"
 fi
 PY=${PYTHON:-python3}
 if [ ! -x "$REPO/.venv/bin/python" ]; then

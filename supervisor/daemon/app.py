@@ -326,7 +326,12 @@ def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> 
 
     # The zygote is forked before trio starts any thread (STYLE: fork only
     # from a single-threaded process).
-    zygote = Zygote.spawn()
+    try:
+        zygote = Zygote.spawn()
+    except NsvisorError as exc:  # the C monitor was not built
+        print(f"nsvisor: {exc}", file=sys.stderr)
+        os.close(lock_fd)
+        return 1
     errors: list[BaseException] = []
     try:
         trio.run(Daemon(cfg, zygote, config_path, overrides).main)

@@ -1,7 +1,8 @@
 """The one place in the daemon that reaps children (STYLE habit 6).
 
-The daemon is a PR_SET_CHILD_SUBREAPER: every container monitor is re-parented
-to it when the zygote's intermediate process exits. Container tasks wait on a
+Every container monitor is the daemon's child: the zygote clones it with
+CLONE_PARENT (the daemon is also a PR_SET_CHILD_SUBREAPER, for what the
+monitors leave behind). Container tasks wait on a
 monitor's pidfd (readable once it has exited) and read the monitor's exit
 file; they ask the Reaper only for the raw wait status, as a fallback for a
 monitor that died without writing one (SIGKILL, OOM). Nothing else in the

@@ -8,8 +8,9 @@ tty". So the workload, after its mounts and before it drops privileges,
 opens /dev/pts/ptmx of its own mount namespace, makes the slave its
 stdin/stdout/stderr and controlling terminal, bind-mounts it on /dev/console
 (as runc does), and hands the master to the monitor over a socketpair with
-SCM_RIGHTS. The monitor keeps the master for the container's whole life:
-the terminal outlives the CLI and the daemon.
+SCM_RIGHTS (received by nsvisor-monitor, monitor.c). The monitor keeps the
+master for the container's whole life: the terminal outlives the CLI and
+the daemon.
 
 Rejected: opening the pty in the monitor (host mount namespace: the wrong
 devpts) or in the daemon (the pty would die with the daemon).
@@ -31,12 +32,6 @@ CONSOLE_FD = 4
 # asm-generic/ioctls.h (not in the termios module)
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
-
-
-def set_size(fd: int, rows: int, cols: int) -> None:
-    """TIOCSWINSZ on a pty master: the kernel sends SIGWINCH to the
-    terminal's foreground process group."""
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
 def setup_console(spec: LaunchSpec) -> None:
@@ -66,17 +61,3 @@ def setup_console(spec: LaunchSpec) -> None:
     finally:
         sock.close()
         os.close(master)
-
-
-def receive_master(sock: socket.socket) -> int | None:
-    """In the monitor, once the workload reported: the pty master, or None
-    (the workload failed before it sent one)."""
-    sock.setblocking(False)
-    try:
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-    except (BlockingIOError, OSError):
-        return None
-    if not fds:
-        return None
-    os.set_inheritable(fds[0], False)
-    return fds[0]

@@ -1,24 +1,31 @@
-"""Launching containers: the zygote (daemon side and process side), the
-intermediate process, and a synchronous launcher for tests and benchmarks.
+"""Launching containers: the zygote (daemon side and process side) and a
+synchronous launcher for tests and benchmarks.
 
     daemon --(LaunchSpec JSON + socket end, SCM_RIGHTS)--> zygote
-    zygote: fork intermediate, waitpid it
-    intermediate: unshare(CLONE_NEWPID), fork monitor, pidfd_open(monitor),
-                  send {"event":"monitor","pid":N} + pidfd, _exit(0)
-    monitor (PID 1, re-parented to the daemon, a PR_SET_CHILD_SUBREAPER):
-                  send {"event":"started","workload_pid":N,"started_at":T}
-                  or {"event":"error","message":...}
+    zygote: clone3(CLONE_PARENT | CLONE_NEWPID | CLONE_PIDFD) the monitor,
+            send {"event":"monitor","pid":N} + pidfd
+    monitor (PID 1 of its pid namespace, the daemon's child; see
+            supervisor.runtime.monitor: forks the workload, execs
+            nsvisor-monitor):
+            send {"event":"started","workload_pid":N,"started_at":T}
+            or {"event":"error","message":...}
+
+One fork of the big Python process per container less than an intermediate
+(unshare, fork, exit) would cost: CLONE_NEWPID puts the child straight into
+its new pid namespace and CLONE_PARENT makes it the daemon's child, which an
+intermediate's exit used to arrange by re-parenting.
 
 The per-launch socket is SOCK_SEQPACKET: every event is one message (one JSON
 line) and the pidfd rides on exactly the message it belongs to. The monitor's
-"started" can overtake the intermediate's "monitor" event (two processes write
-to the same socket), so the reader accepts them in either order.
+"started" can overtake the zygote's "monitor" event (two processes write to
+the same socket), so the reader accepts them in either order.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING, NoReturn
 from supervisor.errors import NsvisorError
 from supervisor.runtime import linux
 from supervisor.runtime.exec import EXEC_MAGIC, spawn_exec
-from supervisor.runtime.monitor import run_monitor
+from supervisor.runtime.monitor import monitor_binary, run_monitor
 from supervisor.runtime.spec import LaunchSpec
 
 if TYPE_CHECKING:
@@ -76,9 +83,9 @@ class _Events:
     @property
     def done(self) -> bool:
         if self.error is not None and self.final:
-            # The zygote or the intermediate failed: no monitor will report.
-            # (A monitor's own error may arrive before the intermediate's
-            # monitor event: that one is not final.)
+            # The zygote failed: no monitor will report. (A monitor's own
+            # error may arrive before the zygote's monitor event: that one
+            # is not final.)
             return True
         return self.pid is not None and (self.workload_pid is not None or self.error is not None)
 
@@ -136,41 +143,102 @@ def _send(sock: socket.socket, event: dict[str, object], fds: list[int] | None =
         sock.sendmsg([json.dumps(event).encode() + b"\n"], anc, socket.MSG_NOSIGNAL)
 
 
-def _intermediate(spec_json: bytes, sock_fd: int) -> NoReturn:
-    """In a fresh child of the zygote (or of launch_sync's caller)."""
-    code = 1
+# clone3(2): one system call makes the container's first process, already in
+# its new pid namespace, already the daemon's child (CLONE_PARENT), with its
+# pidfd (CLONE_PIDFD). Python has no clone, so through ctypes, bracketed by
+# PyOS_BeforeFork / PyOS_AfterFork_* exactly as os.fork() brackets fork(2)
+# (the import lock, os.register_at_fork hooks, the interpreter's thread
+# state). The GIL stays held (PyDLL). Only from a single-threaded process.
+_SYS_CLONE3 = 435
+_CLONE_PIDFD = 0x1000
+_CLONE_PARENT = 0x8000
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("pidfd", ctypes.c_uint64),
+        ("child_tid", ctypes.c_uint64),
+        ("parent_tid", ctypes.c_uint64),
+        ("exit_signal", ctypes.c_uint64),
+        ("stack", ctypes.c_uint64),
+        ("stack_size", ctypes.c_uint64),
+        ("tls", ctypes.c_uint64),
+    ]
+
+
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+_pylibc.syscall.restype = ctypes.c_long
+
+
+def _clone(flags: int) -> tuple[int, int]:
+    """fork(2) with clone flags: (pid, pidfd) in the parent, (0, -1) in the child."""
+    pidfd = ctypes.c_int(-1)
+    args = _CloneArgs(
+        flags=flags | _CLONE_PIDFD,
+        pidfd=ctypes.addressof(pidfd),
+        # With CLONE_PARENT the child takes our own exit signal (SIGCHLD to
+        # our parent); clone3 refuses one given alongside.
+        exit_signal=0 if flags & _CLONE_PARENT else signal.SIGCHLD,
+    )
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _pylibc.syscall(
+        ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+    )
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0, -1
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return pid, pidfd.value
+
+
+def _first_process(spec: LaunchSpec, sock_fd: int) -> NoReturn:
+    """The container's first process (PID 1 with a private pid namespace):
+    only the launch socket survives, then run_monitor (fork the workload,
+    exec nsvisor-monitor). Signals arrive blocked."""
     try:
-        # Only the launch socket survives: the monitor must not inherit the
-        # zygote's control socket or anything of the daemon's.
+        gc.disable()  # a short life: no collection copies a frozen page
         if sock_fd != 3:
             os.dup2(sock_fd, 3, inheritable=False)
         linux.close_range(4)
-        sock = socket.socket(fileno=3)
-        try:
-            spec = LaunchSpec.from_json(spec_json)
-            if spec.namespaces.pid == "private":
-                linux.unshare(linux.CLONE_NEWPID)
-            # Blocked until the monitor has its handlers: a SIGTERM from the
-            # daemon in between is then forwarded, not fatal to PID 1.
-            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            pid = os.fork()
-            if pid == 0:
-                run_monitor(spec, sock)
-            pidfd = os.pidfd_open(pid)
-            _send(sock, {"event": "monitor", "pid": pid}, [pidfd])
-            code = 0
-        except BaseException as e:
-            _send(sock, {"event": "error", "message": f"starting the monitor: {e}", "final": True})
+        run_monitor(spec, socket.socket(fileno=3))
     finally:
-        os._exit(code)
+        os._exit(1)
 
 
-def _spawn_intermediate(spec_json: bytes, sock_fd: int) -> int:
-    gc.freeze()  # keep the gc from touching (and copying) inherited pages
-    pid = os.fork()
-    if pid == 0:
-        _intermediate(spec_json, sock_fd)
-    return pid
+def _spawn_monitor(spec_json: bytes, sock_fd: int, *, reparent: bool) -> None:
+    """Clone the container's first process from this one (the zygote, or
+    launch_sync's caller) and report {"event":"monitor","pid":N} with its
+    pidfd on the launch socket, or a final error. reparent: the new process
+    is our parent's child (the daemon's), not ours."""
+    sock = socket.socket(fileno=os.dup(sock_fd))
+    try:
+        spec = LaunchSpec.from_json(spec_json)
+        flags = _CLONE_PARENT if reparent else 0
+        if spec.namespaces.pid == "private":
+            flags |= linux.CLONE_NEWPID
+        gc.freeze()  # keep the gc from touching (and copying) inherited pages
+        # Blocked until the monitor has its signalfd: a SIGTERM from the
+        # daemon in between is then forwarded, not fatal to PID 1.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid, pidfd = _clone(flags)
+            if pid == 0:
+                sock.close()
+                _first_process(spec, sock_fd)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        try:
+            _send(sock, {"event": "monitor", "pid": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+    except Exception as e:
+        _send(sock, {"event": "error", "message": f"starting the monitor: {e}", "final": True})
+    finally:
+        sock.close()
 
 
 def _recv_sync(sock: socket.socket, events: _Events, deadline: float) -> None:
@@ -193,18 +261,19 @@ def _recv_sync(sock: socket.socket, events: _Events, deadline: float) -> None:
 
 
 def launch_sync(spec: LaunchSpec, timeout_s: float = 30.0) -> Launched:
-    """Launch without a zygote: fork the intermediate from the caller. For
-    tests and benchmarks; the caller should be a PR_SET_CHILD_SUBREAPER (the
-    monitor is re-parented to the nearest one) and must reap the monitor."""
+    """Launch without a zygote: the monitor is cloned from the caller, as
+    its child. For tests and benchmarks; the caller must reap the monitor
+    (and should be a PR_SET_CHILD_SUBREAPER for what it leaves behind with
+    pid "host")."""
+    monitor_binary()  # fails naming the fix when nsvisor-monitor was not built
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     events = _Events(spec.name)
     try:
         with ours:
             try:
-                pid = _spawn_intermediate(spec.to_json().encode(), theirs.fileno())
+                _spawn_monitor(spec.to_json().encode(), theirs.fileno(), reparent=False)
             finally:
                 theirs.close()
-            os.waitpid(pid, 0)
             _recv_sync(ours, events, time.monotonic() + timeout_s)
     except BaseException:
         events.abandon()
@@ -242,17 +311,9 @@ def _zygote_main(ctl: socket.socket, daemon_pid: int) -> NoReturn:
             for extra in fds[1:]:
                 os.close(extra)
             try:
-                pid = _spawn_intermediate(msg, fds[0])
-            except OSError as e:
-                _send(
-                    socket.socket(fileno=os.dup(fds[0])),
-                    {"event": "error", "message": f"zygote fork: {e}", "final": True},
-                )
-                pid = 0
+                _spawn_monitor(msg, fds[0], reparent=True)
             finally:
                 os.close(fds[0])
-            if pid:
-                os.waitpid(pid, 0)
     finally:
         os._exit(1)
 
@@ -273,6 +334,7 @@ class Zygote:
 
     @classmethod
     def spawn(cls) -> Zygote:
+        monitor_binary()  # fails naming the fix when nsvisor-monitor was not built
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         daemon_pid = os.getpid()
         gc.freeze()

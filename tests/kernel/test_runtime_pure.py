@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from supervisor.runtime import linux, workload
-from supervisor.runtime.monitor import LogWriter, exit_record, parse_oom_kill, rfc3339_nano
 from supervisor.runtime.rootfs import is_static_elf
 from supervisor.runtime.spec import LaunchSpec, LaunchSpecError, Mount, Namespaces
 from supervisor.runtime.workload import (
@@ -163,54 +162,6 @@ def test_apply_against_a_recording_fake(tmp_path: Path, monkeypatch: pytest.Monk
         and os.readlink(rootfs / "dev" / "ptmx") == "pts/ptmx"
     )
     assert oct(os.stat(rootfs / "dev" / "null").st_mode & 0o777) == "0o666"
-
-
-# --- monitor helpers ----------------------------------------------------------------
-
-
-def test_rfc3339_nano() -> None:
-    assert rfc3339_nano(0) == "1970-01-01T00:00:00.000000000Z"
-    assert rfc3339_nano(1_795_000_000_123_456_789) == "2026-11-18T11:06:40.123456789Z"
-
-
-def test_parse_oom_kill_v1_and_v2() -> None:
-    v2 = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\noom_group_kill 0\n"
-    v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 5\n"
-    assert parse_oom_kill(v2) == 2
-    assert parse_oom_kill(v1) == 5
-    assert parse_oom_kill("nothing 1\n") is None
-
-
-def test_exit_record() -> None:
-    assert exit_record(7 << 8, None, None, 1.0, 2.0) == {
-        "exit_code": 7,
-        "signal": None,
-        "oom_killed": False,
-        "started_at": 1.0,
-        "finished_at": 2.0,
-    }
-    killed = exit_record(9, 0, 1, 1.0, 2.0)
-    assert (killed["exit_code"], killed["signal"], killed["oom_killed"]) == (137, 9, True)
-
-
-def test_log_writer_lines_partials_and_flush(tmp_path: Path) -> None:
-    path = tmp_path / "log"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    log = LogWriter(fd, clock_ns=lambda: 0)
-    log.feed("stdout", b"a\nb")
-    log.feed("stderr", b"e\n")
-    log.feed("stdout", b"c\n" + b"x" * 20000)
-    log.flush("stdout")
-    os.close(fd)
-    entries = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(e["stream"], e["log"]) for e in entries] == [
-        ("stdout", "a\n"),
-        ("stderr", "e\n"),
-        ("stdout", "bc\n"),
-        ("stdout", "x" * 16384),
-        ("stdout", "x" * (20000 - 16384)),
-    ]
-    assert entries[0]["time"] == "1970-01-01T00:00:00.000000000Z"
 
 
 # --- launch protocol, rootfs ---------------------------------------------------

@@ -3,8 +3,6 @@ detection, log rotation and time parsing, exec specs and config keys."""
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ from supervisor.daemon.logs import parse_log_time, rotated_paths
 from supervisor.daemon.systemd import notify_address, sd_notify, service_cgroup
 from supervisor.errors import ConfigError
 from supervisor.runtime.exec import ExecSpec, exit_code_of, starttime_from_stat
-from supervisor.runtime.monitor import LogWriter, rotate_files
 
 CHECK = HealthCheck(command=("true",), retries=3, start_period_s=10.0)
 
@@ -173,34 +170,12 @@ def test_since_epoch() -> None:
     assert since_epoch("whenever", 0) is None
 
 
-def test_rotate_files_keeps_max_files(tmp_path: Path) -> None:
+def test_rotated_paths_oldest_first(tmp_path: Path) -> None:
+    """The reader's side of rotation (the monitor rotates: tests/kernel/test_monitor.py)."""
     log = tmp_path / "container.log"
-    for generation in range(5):
-        log.write_text(f"gen{generation}\n")
-        rotate_files(str(log), 3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["container.log.1", "container.log.2"]
-    assert (tmp_path / "container.log.1").read_text() == "gen4\n"
-    assert (tmp_path / "container.log.2").read_text() == "gen3\n"
+    for name in ("container.log", "container.log.1", "container.log.2"):
+        (tmp_path / name).write_text("x\n")
     assert rotated_paths(str(log)) == [str(log) + ".2", str(log) + ".1"]
-    log.write_text("x")
-    rotate_files(str(log), 1)  # one file: the old one is dropped
-    assert not log.exists()
-
-
-def test_log_writer_rotates_before_a_line_would_pass_max_size(tmp_path: Path) -> None:
-    path = str(tmp_path / "container.log")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-    w = LogWriter(fd, clock_ns=lambda: 0, path=path, max_size=300, max_files=2)
-    for i in range(10):
-        w.feed("stdout", f"line {i}\n".encode())
-    os.close(w.fd)
-    current = Path(path).read_text().splitlines()
-    older = Path(path + ".1").read_text().splitlines()
-    assert not Path(path + ".2").exists()
-    for name in (path, path + ".1"):
-        assert os.path.getsize(name) <= 300
-    texts = [json.loads(line)["log"] for line in older + current]
-    assert texts == [f"line {i}\n" for i in range(10 - len(texts), 10)]
 
 
 # --- exec ---------------------------------------------------------------------
