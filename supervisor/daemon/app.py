@@ -322,8 +322,16 @@ def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> 
     delegated = systemd.enter_delegated_leaf(cfg.cgroup_root)
     if delegated is not None and cfg.cgroup_parent == DaemonConfig.cgroup_parent:
         cfg = dataclasses.replace(cfg, cgroup_parent=delegated)
+    from supervisor.runtime import seccomp
+    from supervisor.runtime.caps import DEFAULT_CAPS
     from supervisor.runtime.zygote import Zygote
 
+    # seccomp programs built once, here, and inherited by every workload the
+    # zygote forks: the default profile and those of the config's containers.
+    for problem in seccomp.prepare(
+        [(seccomp.DEFAULT, DEFAULT_CAPS), *((c.seccomp, c.capabilities) for c in cfg.containers)]
+    ):
+        log.warning("seccomp.prepare_failed", error=problem)
     # The zygote is forked before trio starts any thread (STYLE: fork only
     # from a single-threaded process).
     try:

@@ -537,9 +537,8 @@ def _seccomp(spec: LaunchSpec) -> None:
     """The last step before execve: after no_new_privs (set in _privileges), so
     an unprivileged workload may install it and it binds everything exec'd."""
     try:
-        profile = seccomp.profile_for(spec.seccomp)
-        if profile is not None:
-            seccomp.load(seccomp.compile_profile(profile, spec.capabilities))
+        # The program prepared before the zygote was forked, or built now.
+        seccomp.install(spec.seccomp, spec.capabilities)
     except seccomp.ProfileError as e:
         raise OSError(errno.EINVAL, str(e)) from None
 
