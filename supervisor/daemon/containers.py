@@ -16,8 +16,9 @@ import os
 import secrets
 import shutil
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ import trio
 
 from exporters.startdur import StartDurations
 from exporters.view import ContainerView
-from supervisor.cgroups import CgroupManager
+from supervisor.cgroups import CgroupManager, Limits
 from supervisor.cgroups import options as limit_options
 from supervisor.config import ContainerSpec, validate_container
 from supervisor.daemon import execs, health, translate
@@ -42,6 +43,7 @@ from supervisor.network import shaping
 from supervisor.network.manager import NetworkManager
 from supervisor.policy import decide, start_on_boot
 from supervisor.runtime import devices
+from supervisor.runtime.devices import DeviceRule
 from supervisor.runtime.spec import IdMap
 from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 
@@ -190,6 +192,7 @@ class ContainerManager:
         # Exporter hooks: read by the metrics thread, written here.
         self.start_durations = StartDurations()
         self.memwatch = MemoryWatch(cgroups, events)
+        self._primer = AttachPrimer(cgroups)
         self._nursery: trio.Nursery | None = None
 
     # ---- lookup -------------------------------------------------------------
@@ -414,27 +417,30 @@ class ContainerManager:
         self._set_state(c, "start")
         c.error = None
         try:
-            limits = translate.limits_for(c.spec)
-            await trio.to_thread.run_sync(self.cgroups.create, c.name, limits)
-            # Before anything joins: only the default devices and --device ones.
             await trio.to_thread.run_sync(
-                self.cgroups.set_devices, c.name, devices.rules_for(c.spec.devices)
+                self._prepare_cgroup,
+                c.name,
+                translate.limits_for(c.spec),
+                devices.rules_for(c.spec.devices),
             )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(c.exit_path)
             t0 = time.monotonic()
             net_path, net_files = await self._network_for(c)
-            launched: Launched = await self.zygote.launch(
-                translate.launch_spec_for(
-                    c.spec,
-                    self.cgroups,
-                    c.log_path,
-                    c.exit_path,
-                    net_path=net_path,
-                    net_files=net_files,
-                    idmap=c.idmap,
+            # The workload's cgroup join would wait for an RCU grace period
+            # (cgroups.prime_attach): it passes while the zygote forks.
+            with self._primer.priming(c.name):
+                launched: Launched = await self.zygote.launch(
+                    translate.launch_spec_for(
+                        c.spec,
+                        self.cgroups,
+                        c.log_path,
+                        c.exit_path,
+                        net_path=net_path,
+                        net_files=net_files,
+                        idmap=c.idmap,
+                    )
                 )
-            )
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._network_detach(c)
@@ -464,6 +470,13 @@ class ContainerManager:
             started_at=run.started_at,  # the monitor's clock at exec (bench: restart latency)
         )
         return run
+
+    def _prepare_cgroup(self, name: str, limits: Limits, rules: Sequence[DeviceRule]) -> None:
+        """In a worker thread: the cgroup with its limits, then the device
+        policy, before anything joins (only the default devices and --device
+        ones)."""
+        self.cgroups.create(name, limits)
+        self.cgroups.set_devices(name, rules)
 
     def _host_if(self, c: Container) -> str:
         return netmodel.veth_name(self.network.prefix, c.name)
@@ -1033,6 +1046,61 @@ class ContainerManager:
             await self.stop(name)
         except Exception as exc:
             log.error("container.stop_failed", container=name, error=str(exc))
+
+
+class AttachPrimer:
+    """Keeps the kernel's cgroup attach lock primed while launches are in
+    flight, from one thread for all of them.
+
+    The first cgroup.procs write after a quiet spell waits for an RCU grace
+    period (6-20 ms here); a write within about one grace period of another
+    writer does not. The thread calls cgroups.prime_attach (a write that takes
+    the lock and moves nothing) at once, so the grace period passes while the
+    zygote forks the monitor and the workload, then every PRIME_EVERY_S so
+    that the workload's join, whenever it comes, is within the window. It
+    stops when no launch is in flight (or after MAX_S of one launch)."""
+
+    PRIME_EVERY_S = 0.003
+    MAX_S = 2.0
+
+    def __init__(self, cgroups: CgroupManager) -> None:
+        self.cgroups = cgroups
+        self._cond = threading.Condition()
+        self._active: dict[int, tuple[str, float]] = {}
+        self._next_id = 0
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def priming(self, name: str) -> Iterator[None]:
+        with self._cond:
+            self._next_id += 1
+            key = self._next_id
+            self._active[key] = (name, time.monotonic() + self.MAX_S)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="cgroup-attach-primer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                del self._active[key]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                live = [name for name, until in self._active.values() if until > now]
+                if not live:
+                    self._cond.wait(None if not self._active else 0.1)
+                    continue
+            # Outside the lock: the first write of a quiet spell blocks for
+            # the grace period. Any cgroup of ours will do; the newest one.
+            self.cgroups.prime_attach(live[-1])
+            with self._cond:
+                self._cond.wait(self.PRIME_EVERY_S)
 
 
 def _resume_task(mgr: ContainerManager, c: Container) -> Callable[..., Any]:

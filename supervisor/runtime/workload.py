@@ -405,8 +405,13 @@ def apply(
 
 
 def _join_cgroups(spec: LaunchSpec) -> None:
+    # A v1 hierarchy (it has a tasks file) is joined through tasks: "0" there
+    # moves only this thread, the workload's only one, and skips the lock
+    # whose first writer after a quiet spell waits for an RCU grace period;
+    # cgroup.procs (cgroup2) takes it (the daemon primes it: prime_attach).
     for path in spec.cgroup_procs:
-        with open(path, "w") as f:
+        tasks = os.path.join(os.path.dirname(path), "tasks")
+        with open(tasks if os.path.exists(tasks) else path, "w") as f:
             f.write("0")
 
 

@@ -37,6 +37,9 @@ class FakeCgroups:
     def set_devices(self, name: str, rules: object) -> None:
         pass
 
+    def prime_attach(self, name: str) -> None:
+        pass
+
     def remove(self, name: str) -> None:
         self.removed.append(name)
 
