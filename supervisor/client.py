@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs ~1.5 ms of every CLI start; only mypy needs it
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/nsvisor/nsvisor.sock"
 
