@@ -49,6 +49,10 @@ from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 
 log = structlog.get_logger("nsvisor")
 
+# Lifecycle events of a container's runs: their state is persisted with
+# statefile.write_json(sync=False) (see _set_state).
+_RUN_EVENTS = frozenset({"start", "started", "exit", "failed", "schedule_restart", "remove"})
+
 # Raw keys `update` may change: the resource limits (docker update's set).
 UPDATE_KEYS = frozenset(
     {
@@ -206,7 +210,10 @@ class ContainerManager:
     def _set_state(self, c: Container, event: Any) -> None:
         c.state = transition(c.name, c.state, event)
         self._notify(c)
-        self._persist(c)
+        # The transitions of a run are persisted without waiting for the
+        # disk (statefile: fsynced a moment later, off this thread); a stop
+        # (the user's intent) is persisted durably before anything goes on.
+        self._persist(c, sync=event not in _RUN_EVENTS)
         self._publish_views()
 
     @staticmethod
@@ -236,7 +243,7 @@ class ContainerManager:
             for c in self.containers.values()
         )
 
-    def _persist(self, c: Container) -> None:
+    def _persist(self, c: Container, *, sync: bool = True) -> None:
         run = c.run
         write_json(
             os.path.join(c.dir, "state.json"),
@@ -256,6 +263,7 @@ class ContainerManager:
                 "workload_starttime": run.workload_starttime if run else None,
                 "last_delay_s": c.last_delay_s,
             },
+            sync=sync,
         )
 
     # ---- create / remove ----------------------------------------------------
@@ -367,7 +375,7 @@ class ContainerManager:
         with open(c.log_path, "ab"):
             pass
         self.containers[spec.name] = c
-        self._persist(c)
+        self._persist(c, sync=False)  # config.json above is the durable record
         self.events.publish("create", spec.name, rootfs=spec.rootfs)
         return c
 
