@@ -678,7 +678,8 @@ class ContainerManager:
             target_pid=run.workload_pid,
             target_starttime=run.workload_starttime,
         )
-        session = await execs.ExecSession.start(self.zygote, spec, stdio)
+        with self._primer.priming(c.name):  # its cgroup join, as a launch's
+            session = await execs.ExecSession.start(self.zygote, spec, stdio)
         self.events.publish("exec_start", c.name, pid=session.pid, command=list(req.argv))
         return session
 
