@@ -339,3 +339,48 @@ def test_remove_leaves_nothing_behind_in_any_hierarchy(cg: Cgroups) -> None:
     cg.m.remove_parent()
     for d in cg.dirs("web"):
         assert not os.path.exists(os.path.dirname(d))
+
+
+def _thread_cgroup2() -> str | None:
+    with open("/proc/thread-self/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                return line[3:].strip()
+    return None
+
+
+def test_prime_attach_takes_the_attach_lock_and_moves_nothing(cg: Cgroups) -> None:
+    """prime_attach writes this thread's id into cgroup.threads of the
+    cgroup2 directory: the kernel takes the attach lock and refuses the move
+    across domains (EOPNOTSUPP). Nothing moves: this thread stays where it
+    was and the cgroup stays empty; a process joins it afterwards as usual."""
+    cg.m.create("web", Limits())
+    before = _thread_cgroup2()
+    cg.m.prime_attach("web")
+    assert _thread_cgroup2() == before
+    assert not cg.m.populated("web")
+    assert cg.m.pids("web") == []
+    p = cg.spawn("web", ["sleep", "1000"])
+    wait_until(lambda: p.pid in cg.m.pids("web"), "the sleeper in pids()")
+    assert cg.m.pids("web") == [p.pid]
+    cg.m.kill("web", timeout_s=TIMEOUT_S)
+    assert p.wait(TIMEOUT_S) == -signal.SIGKILL
+
+
+def test_prime_attach_never_raises(cg: Cgroups) -> None:
+    """No cgroup (never created, or removed meanwhile): nothing happens."""
+    cg.m.prime_attach("nothing-here")
+
+
+def test_prime_attach_write_is_refused_by_the_kernel(cg: Cgroups) -> None:
+    """The primitive itself, where a cgroup2 hierarchy is mounted: True means
+    the kernel took the lock and refused the move (EOPNOTSUPP)."""
+    from supervisor.cgroups import _fs
+
+    cg.m.create("web", Limits())
+    unified = getattr(cg.m, "unified", None) if isinstance(cg.m, V1Manager) else ROOT
+    if unified is None:
+        pytest.skip("no cgroup2 hierarchy mounted")
+    before = _thread_cgroup2()
+    assert _fs.prime_attach(unified, f"{cg.parent}/web") is True
+    assert _thread_cgroup2() == before

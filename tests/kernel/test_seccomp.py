@@ -99,3 +99,42 @@ def test_a_broken_custom_profile_fails_the_start_with_a_message(launcher: Launch
     with pytest.raises((LaunchError, Exception)) as info:
         launcher.start(["true"], seccomp='{"syscalls": []}')
     assert "defaultAction" in str(info.value)
+
+
+def test_a_prepared_program_is_the_one_installed(launcher: Launcher) -> None:
+    """seccomp.prepare() (the daemon calls it before the zygote is forked)
+    builds the program of a (setting, capability set) once; every workload
+    forked afterwards installs those very bytes. To see that it is not built
+    again, the prepared program of "default" is swapped for one that also
+    denies mkdir: the workload's mkdir then fails, with Seccomp: 2."""
+    from supervisor.runtime.caps import DEFAULT_CAPS
+
+    key = seccomp._key(seccomp.DEFAULT, DEFAULT_CAPS)
+    assert seccomp.prepare([(seccomp.DEFAULT, DEFAULT_CAPS)]) == []
+    prepared = seccomp._PROGRAMS[key]
+    assert prepared == seccomp.build_bpf(
+        seccomp.compile_profile(seccomp.default_profile(), DEFAULT_CAPS)
+    )
+    profile = seccomp.default_profile()
+    for rule in profile["syscalls"]:
+        rule["names"] = [n for n in rule["names"] if n not in ("mkdir", "mkdirat")]
+    seccomp._PROGRAMS[key] = seccomp.build_bpf(seccomp.compile_profile(profile, DEFAULT_CAPS))
+    try:
+        r = launcher.run(
+            "mkdir /tmp/x; echo rc=$?; grep '^Seccomp:' /proc/self/status",
+            capabilities=tuple(sorted(DEFAULT_CAPS)),
+        )
+    finally:
+        seccomp._PROGRAMS[key] = prepared
+    assert r.stdout.split() == ["rc=1", "Seccomp:", "2"], (r.stdout, r.stderr)
+    r = launcher.run("mkdir /tmp/x; echo rc=$?", capabilities=tuple(sorted(DEFAULT_CAPS)))
+    assert r.stdout.split() == ["rc=0"], (r.stdout, r.stderr)
+
+
+def test_a_broken_profile_is_not_prepared_and_fails_the_start_as_before() -> None:
+    """prepare() reports what it cannot build and caches nothing for it; the
+    workload then builds it itself and reports the error at its step."""
+    bad = json.dumps({"defaultAction": "SCMP_ACT_NOPE", "syscalls": []})
+    problems = seccomp.prepare([(bad, ())])
+    assert len(problems) == 1 and "SCMP_ACT_NOPE" in problems[0]
+    assert seccomp._key(bad, ()) not in seccomp._PROGRAMS

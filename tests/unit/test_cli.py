@@ -678,3 +678,46 @@ def test_third_sigint_detaches(fake: FakeDaemon, capsys: pytest.CaptureFixture[s
     assert time.monotonic() - started < 4
     assert "detached; web keeps running (nsvisor stop web)" in capsys.readouterr().err
     assert sum("/kill?signal=INT" in p for _, p, _ in fake.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--rm", "-m", "64m", "--cap-add", "NET_ADMIN", "/r", "--", "sh", "-c", "x"],
+        ["--socket", "/s", "ps", "-a"],
+        ["--socket=/s", "logs", "-f", "--tail", "5", "web"],
+        ["network", "create", "n1", "--subnet", "10.9.0.0/24"],
+        ["rootfs", "busybox", "/d"],
+        ["exec", "-it", "web", "sh"],
+        ["update", "--memory", "32m", "a", "b"],
+    ],
+)
+def test_a_parser_of_one_subcommand_parses_as_the_whole_one(argv: list[str]) -> None:
+    """main() builds only the subcommand argv names (cli._command_in): the
+    namespace is the same as the whole parser's."""
+    from supervisor.cli import _command_in
+
+    only = _command_in(argv)
+    assert only is not None and only in argv
+    assert vars(build_parser(only=only).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--help"], ["-h", "run"], ["--socket", "/s"], ["--bogus", "run"]]
+)
+def test_no_subcommand_named_means_the_whole_parser(argv: list[str]) -> None:
+    from supervisor.cli import _command_in
+
+    assert _command_in(argv) is None
+
+
+def test_an_unknown_subcommand_is_reported_by_the_whole_parser(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """build_parser(only="nosuch") falls back to every subcommand, so argparse
+    lists the valid ones, as before."""
+    with pytest.raises(SystemExit) as exc:
+        build_parser(only="nosuch").parse_args(["nosuch"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nosuch'" in err and "'run'" in err and "'ps'" in err
