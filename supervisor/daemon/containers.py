@@ -1107,7 +1107,10 @@ class AttachPrimer:
                     continue
             # Outside the lock: the first write of a quiet spell blocks for
             # the grace period. Any cgroup of ours will do; the newest one.
-            self.cgroups.prime_attach(live[-1])
+            try:
+                self.cgroups.prime_attach(live[-1])
+            except Exception as exc:  # best effort: never the end of this thread
+                log.warning("cgroup.prime_failed", error=repr(exc))
             with self._cond:
                 self._cond.wait(self.PRIME_EVERY_S)
 
