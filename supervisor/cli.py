@@ -1058,6 +1058,23 @@ class _Skipped:
         return lambda *args, **kwargs: self
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, with the terminal width looked up once: argparse
+    makes one per add_argument (to check the metavar), and each asked the
+    terminal for its size (shutil.get_terminal_size: ~70 times for `run`)."""
+
+    def __init__(self, prog: str) -> None:
+        global _TERMINAL_WIDTH
+        if _TERMINAL_WIDTH is None:
+            import shutil
+
+            _TERMINAL_WIDTH = shutil.get_terminal_size().columns - 2
+        super().__init__(prog, width=_TERMINAL_WIDTH)
+
+
+_TERMINAL_WIDTH: int | None = None
+
+
 def _command_in(argv: Sequence[str]) -> str | None:
     """The subcommand argv names (the first word after the global
     options), or None when it asks for help or names none."""
@@ -1089,7 +1106,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def _build_parser(only: str | None) -> argparse.ArgumentParser | None:
     matched = False
     parser = argparse.ArgumentParser(
-        prog="nsvisor", description="A container supervisor on Linux namespaces and cgroups."
+        prog="nsvisor",
+        description="A container supervisor on Linux namespaces and cgroups.",
+        formatter_class=_Formatter,
     )
     parser.add_argument(
         "--socket",
@@ -1106,7 +1125,7 @@ def _build_parser(only: str | None) -> argparse.ArgumentParser | None:
         if only is not None and name != only:
             return _Skipped()  # type: ignore[return-value]
         matched = True
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
         p.set_defaults(func=func)
         return p
 
@@ -1162,7 +1181,7 @@ def _build_parser(only: str | None) -> argparse.ArgumentParser | None:
 
     p = add("completion", cmd_completion, "print a shell completion script (bash or zsh)")
     p.add_argument("shell", choices=("bash", "zsh"))
-    hidden = sub.add_parser("__complete")  # no help=: not listed
+    hidden = sub.add_parser("__complete", formatter_class=_Formatter)  # no help=: not listed
     hidden.set_defaults(func=cmd_complete)
     hidden.add_argument("what", choices=("names",))
 
@@ -1259,19 +1278,25 @@ def _build_parser(only: str | None) -> argparse.ArgumentParser | None:
 
     p = add("network", cmd_network, "manage networks: ls, create, rm, inspect")
     nsub = p.add_subparsers(dest="network_command", metavar="ACTION", required=True)
-    nsub.add_parser("ls", help="list networks")
-    nc = nsub.add_parser("create", help="create a bridge network")
+    nsub.add_parser("ls", help="list networks", formatter_class=_Formatter)
+    nc = nsub.add_parser("create", help="create a bridge network", formatter_class=_Formatter)
     nc.add_argument("name", metavar="NAME")
     nc.add_argument("--subnet", required=True, metavar="CIDR", help="e.g. 10.89.0.0/24")
     nc.add_argument("--mtu", type=int, help="MTU of the bridge and the veths (1500)")
-    nr = nsub.add_parser("rm", help="remove networks no container uses")
+    nr = nsub.add_parser("rm", help="remove networks no container uses", formatter_class=_Formatter)
     nr.add_argument("names", nargs="+", metavar="NAME")
-    ni = nsub.add_parser("inspect", help="print networks' details as JSON")
+    ni = nsub.add_parser(
+        "inspect", help="print networks' details as JSON", formatter_class=_Formatter
+    )
     ni.add_argument("names", nargs="+", metavar="NAME")
 
     p = add("rootfs", cmd_rootfs, "build a root filesystem")
     rsub = p.add_subparsers(dest="kind", metavar="KIND", required=True)
-    b = rsub.add_parser("busybox", help="a busybox rootfs from the host's busybox binary")
+    b = rsub.add_parser(
+        "busybox",
+        help="a busybox rootfs from the host's busybox binary",
+        formatter_class=_Formatter,
+    )
     b.add_argument("dir", metavar="DIR")
     return parser if matched else None
 
