@@ -312,9 +312,7 @@ def _exec_child(spec: ExecSpec, namespaces: list[tuple[str, int, int]], errfd: i
         step = "drop privileges"
         _drop_privileges(spec)
         step = "load the seccomp profile"  # the container's, so exec is no way around it
-        profile = seccomp.profile_for(spec.seccomp)
-        if profile is not None:
-            seccomp.load(seccomp.compile_profile(profile, spec.capabilities))
+        seccomp.install(spec.seccomp, spec.capabilities)  # prepared before the zygote fork
         step = "exec"
         try:
             _execvpe(spec)
