@@ -42,6 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import lagprobe
 from bench.nsd import Daemon, monitor_pids
 from bench.oci import HiddenUnified, run_argv, write_bundle
 from bench.proc import (
@@ -309,7 +310,9 @@ class Bench:
 
     def scrape_variants(self, variants: list[Variant]) -> None:
         """Item 5 alone, once per daemon variant, one daemon after the other
-        (each starts its own sleepers; same cgroup parent, emptied between)."""
+        (each starts its own sleepers; same cgroup parent, emptied between).
+        Each daemon runs bench/lagprobe.py: the trio loop's wake-up lag is
+        reported idle, during back-to-back scrapes and during the restarts."""
         p = self.plan
         first = True
         for i, variant in enumerate(variants):
@@ -318,10 +321,12 @@ class Bench:
                 self.d.stop()
             tmp = self.tmp / f"variant{i}"
             tmp.mkdir()
-            self.daemon = Daemon(tmp, self.tag, prelude=variant.prelude)
+            lag_file = str(tmp / "lag.bin")
+            self.daemon = Daemon(tmp, self.tag, prelude=variant.prelude_with_probe(lag_file))
             self.d.start()
             self.log(f"variant {variant.label}: daemon pid {self.d.pid}")
             self.rows.append(f"5. scrape cost [{variant.label}]")
+            windows: list[tuple[str, float, float]] = []
             current = 0
             for level in sorted(p.scrape_sizes):
                 self.d.start_many(
@@ -329,15 +334,32 @@ class Bench:
                 )
                 current = level
                 self.log(f"{current} containers running")
+                time.sleep(1.0)  # let the starts settle before the idle window
+                t0 = time.monotonic()
+                time.sleep(2.0)
+                windows.append((f"idle, N={level}", t0, time.monotonic()))
+                t0 = time.monotonic()
                 self.rows += self._scrape(level)
-            if first:
+                windows.append((f"scrapes back to back, N={level}", t0, time.monotonic()))
+            if first and variant.src is None:
                 self.rows += _render_ab(self.tag, self.d, p.scrapes)
                 first = False
             # The same restarts without scrapes first: the scrapes' own cost is the ratio.
+            t0 = time.monotonic()
             self.restart_latency(p.restarts, f"quiet while {current} containers run, no scrapes")
+            windows.append((f"restarts, N={current}, no scrapes", t0, time.monotonic()))
+            t0 = time.monotonic()
             self.restart_latency(
                 p.restarts, f"scraping while {current} containers run", scrape=True
             )
+            windows.append((f"restarts + scrapes b2b, N={current}", t0, time.monotonic()))
+            time.sleep(1.5)  # the probe writes its samples about once a second
+            self.rows.append("  trio loop lag (overshoot of a 1 ms sleep, bench/lagprobe.py)")
+            for label, start, end in windows:
+                lag = [v * MS for v in lagprobe.read(lag_file, start, end)]
+                if lag:
+                    self.rows.append(row(f"  loop lag, {label}", "ms", lag))
+                    self.rows.append(row(f"  loop lag p99, {label}", "ms", [_p99(lag)]))
 
     def _mass_start(self, n: int) -> float:
         specs = [self.sleeper(f"m{i}") for i in range(n)]
@@ -413,22 +435,38 @@ class Variant:
     shipped) or "legacy" (prometheus_client's generate_latest over the same
     collectors: the exporter before bench/RESULTS.md's 2026-11-28 change);
     `switch` a sys.setswitchinterval() value in seconds, or None for what the
-    daemon does by itself."""
+    daemon does by itself; `src` another source tree to run the daemon's
+    supervisor and exporters packages from (e.g. `git archive` of an older
+    commit), for before/after runs interleaved in one benchmark."""
 
     render: str
     switch: float | None
+    src: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        render, _, switch = text.partition("@")
+        render, _, rest = text.partition("@")
+        switch, _, src = rest.partition("@")
         if render not in ("fast", "legacy"):
             raise ValueError(f"scrape variant {text!r}: RENDER is fast or legacy")
-        return cls(render, float(switch) if switch and switch != "default" else None)
+        if src and not os.path.isdir(os.path.join(src, "supervisor")):
+            raise ValueError(f"scrape variant {text!r}: no supervisor package in {src}")
+        return cls(render, float(switch) if switch and switch != "default" else None, src or None)
 
     @property
     def label(self) -> str:
         ms = "default" if self.switch is None else f"{self.switch * MS:g} ms"
-        return f"{self.render}, switch {ms}"
+        where = "" if self.src is None else f", code from {self.src}"
+        return f"{self.render}, switch {ms}{where}"
+
+    def prelude_with_probe(self, lag_file: str) -> str:
+        repo = str(Path(__file__).resolve().parent.parent)
+        lines = [f"import sys; sys.path.insert(0, {repo!r}); import bench.lagprobe as _lp"]
+        if self.src is not None:
+            lines.append(f"sys.path.insert(0, {self.src!r})")
+        lines.append(self.prelude)
+        lines.append(f"_lp.install({lag_file!r})")
+        return "\n".join(line for line in lines if line)
 
     @property
     def prelude(self) -> str:
@@ -441,6 +479,11 @@ class Variant:
                 "s.MetricsApp.text = lambda self: g(self.full)"
             )
         return "\n".join(lines)
+
+
+def _p99(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 def _time_oci(

@@ -66,7 +66,16 @@ class CgroupManager(Protocol):
         tests and cleanup)."""
         ...
 
-    def stats(self, name: str) -> Stats: ...
+    def stats(self, name: str) -> Stats:
+        """Best effort, never raises. Keeps the cgroup's stat files open
+        between calls (bounded; see _fs.StatFiles) and its limit values until
+        create()/update()/remove() of the cgroup or a minute passes (see
+        _fs.SpecCache)."""
+        ...
+
+    def close(self) -> None:
+        """Close the stat files stats() keeps open (the daemon at exit)."""
+        ...
 
     def oom_kill_file(self, name: str) -> str | None:
         """The file with an "oom_kill N" line (v2 memory.events, v1
