@@ -37,10 +37,10 @@ from prometheus_client.exposition import (
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporters.collector import ContainerCollector
+from exporters.process import ProcessCollector
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 GZIP_LEVEL = 1

@@ -356,14 +356,13 @@ class SpecCache(Generic[T]):
 
     def get(self, name: str, read: Callable[[StatReader], T], r: StatReader) -> T:
         """The cached values of `name`, or read() them (with a reader of its
-        own; its errors are added to `r`)."""
+        own that opens each file per read; its errors are added to `r`)."""
         now = self.clock()
         entry = self._entries.get(name)
         if entry is not None and entry[0] > now:
             return entry[1]
         gen = self._gen.get(name, 0)
-        own = StatReader()
-        own._read = r._read
+        own = StatReader()  # opened per read, not kept: read once a minute at most
         values = read(own)
         for e in own.errors:
             r._error(e)

@@ -237,6 +237,43 @@ def test_exported_values_equal_the_cgroup_files(running_daemon: Daemon) -> None:
     assert s.get("nsvisor_container_start_duration_seconds_count", 0) >= 1
 
 
+def _fd_targets(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue  # closed meanwhile
+    return out
+
+
+def test_the_stat_files_the_daemon_keeps_open_reach_no_container(running_daemon: Daemon) -> None:
+    """The daemon keeps each running container's cgroup stat files open
+    between scrapes (pread at offset 0). None of them may reach a monitor or
+    a workload, started before or after the scrape (the zygote was forked
+    before any was opened; they are O_CLOEXEC), and `rm` closes them."""
+    d = running_daemon
+    assert d.proc is not None
+    cgroup_dir = f"/{d.cgroup_parent}/"
+    d.cli("run", "-d", "--name", "early", d.rootfs, "--", "sleep", "1000")
+    d.wait_for("early", lambda i: i["state"] == "running")
+    exposition(d)
+    kept = [t for t in _fd_targets(d.proc.pid) if f"{cgroup_dir}early/" in t]
+    assert len(kept) >= 10, kept  # the daemon really keeps them
+    d.cli("run", "-d", "--name", "late", d.rootfs, "--", "sleep", "1000")
+    late = d.wait_for("late", lambda i: i["state"] == "running")
+    exposition(d)
+    for name in ("early", "late"):
+        info = d.inspect(name)
+        for pid in (info["pid"], info["workload_pid"]):
+            leaked = [t for t in _fd_targets(pid) if str(CGROUP_ROOT) in t]
+            assert not leaked, (name, pid, leaked)
+    d.cli("rm", "-f", "early")
+    left = [t for t in _fd_targets(d.proc.pid) if f"{cgroup_dir}early/" in t]
+    assert not left, left
+    assert [t for t in _fd_targets(d.proc.pid) if f"{cgroup_dir}late/" in t], late
+
+
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed (apt: prometheus)")
 def test_promtool_check_metrics_reports_nothing(running_daemon: Daemon) -> None:
     d = running_daemon

@@ -602,3 +602,42 @@ def test_metrics_app_negotiates_text_gzip_and_openmetrics() -> None:
     # ?name[]= goes through prometheus_client's restricted registry, as before.
     _, _, only = wsgi_get(app, query="name[]=nsvisor_build_info")
     assert only == generate_latest(app.full.restricted_registry(["nsvisor_build_info"]))
+
+
+def test_process_collector_counts_fds_like_prometheus_client(tmp_path: Path) -> None:
+    """exporters.process counts /proc/self/fd from st_size (6.2+) instead of
+    listing it (10 ms at 11,000 fds): the same text as prometheus_client's
+    collector, on the live process and on a fixture /proc (the listing)."""
+    from prometheus_client.process_collector import ProcessCollector as Upstream
+
+    from exporters.process import ProcessCollector, count_fds
+
+    proc = tmp_path / "proc"
+    (proc / "7" / "fd").mkdir(parents=True)
+    for fd in range(5):
+        (proc / "7" / "fd" / str(fd)).write_text("")
+    (proc / "stat").write_text("cpu  1 2 3\nbtime 1700000000\n")
+    fields = " ".join(str(i) for i in range(3, 50))
+    (proc / "7" / "stat").write_text(f"7 (nsvisor) S {fields}\n")
+    (proc / "7" / "limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max open files            1024                 524288               files\n"
+    )
+
+    def text(collector: type[Upstream], **kwargs: object) -> str:
+        registry = CollectorRegistry()
+        collector(registry=registry, **kwargs)  # type: ignore[arg-type]
+        return generate_latest(registry).decode()
+
+    fixture = {"proc": str(proc), "pid": lambda: 7}
+    assert text(ProcessCollector, **fixture) == text(Upstream, **fixture)
+    assert "process_open_fds 5.0" in text(ProcessCollector, **fixture)
+    # the live process: an fd more or less would show; cpu time may tick between the two
+    ours, theirs = (
+        [line for line in text(c).splitlines() if not line.startswith("process_cpu")]
+        for c in (ProcessCollector, Upstream)
+    )
+    assert [x.rpartition(" ")[0] for x in ours] == [x.rpartition(" ")[0] for x in theirs]
+    fds = {x for x in ours + theirs if x.startswith("process_open_fds ")}
+    assert len(fds) == 1, fds
+    assert count_fds("/proc/self/fd") == len(os.listdir("/proc/self/fd"))
