@@ -387,20 +387,27 @@ class Bench:
         return out
 
     def _scrape(self, n: int) -> list[Row | str]:
-        self.d.scrape()  # first scrape warms caches (and imports)
+        self.d.scrape()  # first scrape warms caches (and imports, and starts the collector)
+        collectors = collector_pids(self.d.pid)
         cpu0 = cpu_seconds(self.d.pid)
+        ccpu0 = sum(cpu_seconds(p) for p in collectors)
         lat: list[float] = []
         size = 0
         for _ in range(self.plan.scrapes):
             s, size = self.d.scrape()
             lat.append(s * MS)
         cpu = (cpu_seconds(self.d.pid) - cpu0) / self.plan.scrapes * MS
+        ccpu = (sum(cpu_seconds(p) for p in collectors) - ccpu0) / self.plan.scrapes * MS
         target = Target("<", 100.0) if n >= 500 else None
-        return [
+        rows = [
             row(f"scrape latency, N={n}", "ms", lat, target),
             row(f"daemon CPU per scrape, N={n}", "ms", [cpu]),
-            row(f"exposition size, N={n}", "KiB", [size / 1024]),
         ]
+        if collectors:
+            rows.append(row(f"collector process CPU per scrape, N={n}", "ms", [ccpu]))
+            rows.append(row(f"daemon + collector CPU per scrape, N={n}", "ms", [cpu + ccpu]))
+        rows.append(row(f"exposition size, N={n}", "KiB", [size / 1024]))
+        return rows
 
     # ---- clean-up -------------------------------------------------------------------
 
@@ -432,8 +439,11 @@ class Bench:
 @dataclass(frozen=True)
 class Variant:
     """A daemon configuration for the scrape item: `render` is "fast" (as
-    shipped) or "legacy" (prometheus_client's generate_latest over the same
-    collectors: the exporter before bench/RESULTS.md's 2026-11-28 change);
+    shipped: the container families rendered in the collector process,
+    exporters/collectord.py), "thread" (the same renderer in the daemon's
+    metrics thread, as before 2026-11-27 23:30) or "legacy" (prometheus_client's
+    generate_latest over the same collectors, in the thread: the exporter
+    before bench/RESULTS.md's 2026-11-27 20:35 change);
     `switch` a sys.setswitchinterval() value in seconds, or None for what the
     daemon does by itself; `src` another source tree to run the daemon's
     supervisor and exporters packages from (e.g. `git archive` of an older
@@ -447,8 +457,8 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         render, _, rest = text.partition("@")
         switch, _, src = rest.partition("@")
-        if render not in ("fast", "legacy"):
-            raise ValueError(f"scrape variant {text!r}: RENDER is fast or legacy")
+        if render not in ("fast", "thread", "legacy"):
+            raise ValueError(f"scrape variant {text!r}: RENDER is fast, thread or legacy")
         if src and not os.path.isdir(os.path.join(src, "supervisor")):
             raise ValueError(f"scrape variant {text!r}: no supervisor package in {src}")
         return cls(render, float(switch) if switch and switch != "default" else None, src or None)
@@ -473,12 +483,30 @@ class Variant:
         lines = []
         if self.switch is not None:
             lines.append(f"import sys; sys.setswitchinterval({self.switch!r})")
+        if self.render in ("thread", "legacy"):
+            lines.append("import exporters.server as s; s.COLLECTOR_PROCESS = False")
         if self.render == "legacy":
             lines.append(
                 "import exporters.server as s; from prometheus_client import generate_latest as g; "
                 "s.MetricsApp.text = lambda self: g(self.full)"
             )
         return "\n".join(lines)
+
+
+def collector_pids(daemon_pid: int) -> list[int]:
+    """The daemon's collector process (exporters/collectord.py), a child of
+    whichever of its threads started it."""
+    found = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{daemon_pid}/task"):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{daemon_pid}/task/{tid}/children") as f:
+                    kids = [int(p) for p in f.read().split()]
+                for pid in kids:
+                    with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if b"exporters.collectord" in f.read():
+                            found.append(pid)
+    return found
 
 
 def _p99(values: Sequence[float]) -> float:
@@ -526,8 +554,9 @@ def _render_ab(tag: str, d: Daemon, rounds: int) -> list[Row | str]:
     from exporters.collector import ContainerCollector
     from exporters.view import ContainerView
     from supervisor.cgroups import open_manager
+    from supervisor.cgroups._fs import stat_fd_budget
 
-    mgr = open_manager("/sys/fs/cgroup", tag)
+    mgr = open_manager("/sys/fs/cgroup", tag, stat_fds=stat_fd_budget())
     vs = tuple(
         ContainerView(
             name=c["name"],
@@ -565,6 +594,7 @@ def _render_ab(tag: str, d: Daemon, rounds: int) -> list[Row | str]:
         legacy.append((t1 - t0) * MS)
         fast.append((t2 - t1) * MS)
         gather.append((t3 - t2) * MS)
+    mgr.close()
     n = len(vs)
     return [
         f"  in-process, live cgroups of N={n}, interleaved (cgroup families, no network)",

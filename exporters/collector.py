@@ -25,9 +25,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporters.collectord import Request
 from exporters.families import HEALTH, NETWORK, SIMPLE, _ns
 from exporters.netdev import NetDev, NetReader
 from exporters.render import LabelCache, render
@@ -37,6 +39,7 @@ from supervisor.cgroups.stats import Stats
 from supervisor.lifecycle import STATES
 
 LABELS = ["name", "id", "image"]
+log = structlog.get_logger()
 
 
 class StatsSource(Protocol):
@@ -82,8 +85,12 @@ class ContainerCollector(Collector):
         net: NetReader | None = None,
         clock: Callable[[], float] = time.time,
         version: str = __version__,
+        remote: Callable[[Request], tuple[str, list[str]]] | None = None,
     ) -> None:
+        """`remote`: render() in a collector process (exporters/collectord.py),
+        falling back to this thread when it fails."""
         self.source = source
+        self.remote = remote
         self.views = views
         self.memory_events = memory_events or tuple
         self.net = net if net is not None else NetReader()
@@ -137,8 +144,29 @@ class ContainerCollector(Collector):
         """The same families as collect(), as Prometheus text format 0.0.4,
         byte for byte what prometheus_client's generate_latest makes of them
         (tests/unit/test_exporter.py compares the two), about ten times
-        faster: see exporters/render.py."""
+        faster: see exporters/render.py. In the collector process when there
+        is one (`remote`)."""
+        if self.remote is not None:
+            try:
+                return self._render_remote(self.remote)
+            except Exception as e:  # the scrape goes on in this thread
+                log.warning("metrics.collector_failed", error=repr(e))
         return render(self.gather(), self.layout_label, self.version, self._label_cache)
+
+    def _render_remote(self, remote: Callable[[Request], tuple[str, list[str]]]) -> str:
+        views = self.views()
+        generation = getattr(self.source, "spec_generation", None)
+        generations = tuple(
+            (v.cgroup_name, generation(v.cgroup_name) if generation else 0)
+            for v in views
+            if v.state in ("running", "stopping")
+        )
+        with self._errors_lock:
+            counted = tuple(sorted(self.scrape_errors.items()))
+        text, errors = remote(Request(views, self.memory_events(), counted, generations))
+        with self._errors_lock:
+            self.scrape_errors.update(errors)
+        return text
 
     def _cgroup_metrics(
         self, running: list[ContainerView], stats: dict[str, Stats], now: float

@@ -373,6 +373,11 @@ class SpecCache(Generic[T]):
                     self._entries[name] = (expires, values)
         return values
 
+    def generation(self, name: str) -> int:
+        """Moves on every invalidate() of `name` (the collector process
+        compares it with what it saw last: see exporters/collectord.py)."""
+        return self._gen.get(name, 0)
+
     def invalidate(self, name: str) -> None:
         with self._lock:
             self._gen[name] = self._gen.get(name, 0) + 1

@@ -77,6 +77,21 @@ class CgroupManager(Protocol):
         """Close the stat files stats() keeps open (the daemon at exit)."""
         ...
 
+    def spec_generation(self, name: str) -> int:
+        """A number that changes whenever this manager writes the cgroup's
+        limits (create, update) or removes it."""
+        ...
+
+    def invalidate_spec(self, name: str) -> None:
+        """Forget the cached limit values: the next stats() reads them
+        (another process's manager wrote them)."""
+        ...
+
+    def forget(self, name: str) -> None:
+        """Close the cgroup's kept stat files and forget its limit values
+        (it is gone, or no longer of interest)."""
+        ...
+
     def oom_kill_file(self, name: str) -> str | None:
         """The file with an "oom_kill N" line (v2 memory.events, v1
         memory.oom_control); None without a memory controller."""

@@ -583,6 +583,15 @@ class V1Manager:
             self.stat_files.close_under(os.path.join(base, self.parent))
             _fs.rmdir_tree(os.path.join(base, self.parent))
 
+    def spec_generation(self, name: str) -> int:
+        return self._spec.generation(name)
+
+    def invalidate_spec(self, name: str) -> None:
+        self._spec.invalidate(name)
+
+    def forget(self, name: str) -> None:
+        self._forget(name)
+
     def _forget(self, name: str) -> None:
         """Drop what stats() keeps for the cgroup: its open files and its
         cached limits (create() may make it anew, remove() ends it)."""

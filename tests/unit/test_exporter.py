@@ -641,3 +641,55 @@ def test_process_collector_counts_fds_like_prometheus_client(tmp_path: Path) -> 
     fds = {x for x in ours + theirs if x.startswith("process_open_fds ")}
     assert len(fds) == 1, fds
     assert count_fds("/proc/self/fd") == len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("layout", ["v2", "hybrid"])
+def test_the_collector_process_renders_what_the_thread_renders(tmp_path: Path, layout: str) -> None:
+    """exporters/collectord.py: the same text as render() in the daemon's
+    thread; limits written by the daemon's manager show at the next scrape;
+    the error counter stays in the daemon; a collector that dies costs one
+    scrape in the thread, and the next scrape starts a new one."""
+    import dataclasses
+    import signal
+
+    from exporters.collectord import CollectorProcess
+    from supervisor.cgroups import Limits
+
+    shutil.copytree(CGROUP / layout, tmp_path / layout)
+    mgr = manager(layout, tmp_path)
+    os.remove(tmp_path / layout / ("nsvisor/web/io.stat" if layout == "v2" else
+              "blkio/nsvisor/web/blkio.throttle.io_serviced_recursive"))  # fmt: skip
+    # no workload pids: the collector reads the real /proc, not the fixture's
+    vs = tuple(dataclasses.replace(v, workload_pid=None) for v in views())
+    local = ContainerCollector(mgr, lambda: vs, memory_events=scene_store().snapshot)
+    process = CollectorProcess(str(tmp_path / layout), "nsvisor")
+    remote = ContainerCollector(
+        mgr, lambda: vs, memory_events=scene_store().snapshot, remote=process.render
+    )
+
+    def same(text: str) -> list[str]:  # the two clocks differ
+        return [x for x in text.splitlines() if not x.startswith("container_last_seen{")]
+
+    try:
+        for _ in range(2):
+            assert same(remote.render()) == same(local.render())
+        assert process.started == 1 and process.pid is not None
+        assert remote.scrape_errors == local.scrape_errors != {}
+        mgr.update("web", Limits(memory_max=96 << 20))
+        limit = 'container_spec_memory_limit_bytes{id="/nsvisor/web",image="/srv/rootfs/web"'
+        assert f'{limit},name="web"}} 1.00663296e+08' in remote.render()
+        local.render()  # the same number of scrapes: the same error counts
+        pid = process.pid
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ProcessLookupError):  # its reaper thread waits for it
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.01)
+        assert same(remote.render()) == same(local.render())  # in this thread
+        assert process.pid is None
+        assert same(remote.render()) == same(local.render())  # a new collector
+        assert process.started == 2 and process.pid not in (None, pid)
+        assert remote.scrape_errors == local.scrape_errors  # counted on in the daemon
+    finally:
+        process.close()
