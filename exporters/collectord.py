@@ -101,7 +101,7 @@ class CollectorProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def render(self, request: Request) -> tuple[str, list[str]]:
+    def render(self, request: Request) -> tuple[bytes, list[str]]:
         with self._lock:
             proc = self._proc or self._start()
             assert proc.stdin is not None and proc.stdout is not None
@@ -177,7 +177,7 @@ def serve(
         before = Counter(dict(request.errors))
         collector.scrape_errors = Counter(before)
         state["views"], state["memory_events"] = request.views, request.memory_events
-        text = collector.render()
+        text = collector.render_bytes()
         new = collector.scrape_errors - before
         _send(stdout, (text, sorted(new.elements())))
 

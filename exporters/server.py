@@ -86,7 +86,7 @@ class MetricsApp:
         return b"".join(
             (
                 generate_latest(self.before),
-                self.containers.render().encode(),
+                self.containers.render_bytes(),
                 generate_latest(self.after),
             )
         )
