@@ -37,10 +37,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +57,10 @@ log = structlog.get_logger()
 NICE = 10
 """The collector's niceness: under CPU contention the trio loop (and the
 containers) go first; a scrape takes longer instead."""
+
+TIMEOUT_S = 30.0
+"""A scrape that takes longer kills the collector (and is rendered in the
+daemon's thread); Prometheus's own scrape timeout defaults to 10 s."""
 
 _HEADER = struct.Struct("!Q")
 
@@ -87,6 +93,29 @@ def _recv(f: IO[bytes]) -> Any:
     return pickle.loads(data)  # our own child, over our own pipe
 
 
+def _recv_within(fd: int, deadline: float) -> Any:
+    """_recv() from a raw pipe fd, giving up at the monotonic deadline (a
+    collector stuck in a cgroup read must not hold every later scrape)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+
+    def read(n: int) -> bytes:
+        chunks: list[bytes] = []
+        while n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                raise TimeoutError("the collector process did not answer in time")
+            chunk = os.read(fd, min(n, 1 << 20))
+            if not chunk:
+                raise EOFError("the collector process closed its pipe")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    (size,) = _HEADER.unpack(read(_HEADER.size))
+    return pickle.loads(read(size))  # our own child, over our own pipe
+
+
 class CollectorProcess:
     """The daemon's end: render(request) -> (text, this scrape's errors).
     One request at a time (concurrent scrapes queue on a lock)."""
@@ -107,7 +136,7 @@ class CollectorProcess:
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 _send(proc.stdin, request)
-                text, errors = _recv(proc.stdout)
+                text, errors = _recv_within(proc.stdout.fileno(), time.monotonic() + TIMEOUT_S)
             except BaseException:
                 self._stop()
                 raise

@@ -693,3 +693,20 @@ def test_the_collector_process_renders_what_the_thread_renders(tmp_path: Path, l
         assert remote.scrape_errors == local.scrape_errors  # counted on in the daemon
     finally:
         process.close()
+
+
+def test_a_collector_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collector stuck (in a cgroup read, say) must not hold every later
+    scrape: past TIMEOUT_S it is killed and the scrape falls back."""
+    from exporters import collectord
+
+    monkeypatch.setattr(collectord, "TIMEOUT_S", 0.5)
+    process = collectord.CollectorProcess("/nonexistent", "nsvisor")
+    process.argv = ["sh", "-c", "cat >/dev/null"]  # reads requests, never answers
+    try:
+        request = collectord.Request((), (), (), ())
+        with pytest.raises(TimeoutError):
+            process.render(request)
+        assert process.pid is None  # killed, a new one next time
+    finally:
+        process.close()
