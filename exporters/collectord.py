@@ -61,6 +61,9 @@ containers) go first; a scrape takes longer instead."""
 TIMEOUT_S = 30.0
 """A scrape that takes longer kills the collector (and is rendered in the
 daemon's thread); Prometheus's own scrape timeout defaults to 10 s."""
+START_TIMEOUT_S = 120.0
+"""For the collector's "ready" (Python start and imports: ~0.2 s on the
+build VM, tens of seconds in the TCG test VM)."""
 
 _HEADER = struct.Struct("!Q")
 
@@ -132,9 +135,9 @@ class CollectorProcess:
 
     def render(self, request: Request) -> tuple[bytes, list[str]]:
         with self._lock:
-            proc = self._proc or self._start()
-            assert proc.stdin is not None and proc.stdout is not None
             try:
+                proc = self._proc or self._start()
+                assert proc.stdin is not None and proc.stdout is not None
                 _send(proc.stdin, request)
                 text, errors = _recv_within(proc.stdout.fileno(), time.monotonic() + TIMEOUT_S)
             except BaseException:
@@ -159,6 +162,9 @@ class CollectorProcess:
         threading.Thread(target=reap, name="collector-reaper", daemon=True).start()
         self._proc = proc
         self.started += 1
+        assert proc.stdout is not None
+        if _recv_within(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S) != "ready":
+            raise EOFError("the collector process did not say it was ready")
         log.info("metrics.collector_started", pid=proc.pid)
         return proc
 
@@ -189,6 +195,7 @@ def serve(
         manager, lambda: state["views"], memory_events=lambda: state["memory_events"]
     )
     seen: dict[str, int] = {}
+    _send(stdout, "ready")  # imports done: requests get answered within TIMEOUT_S
     while True:
         try:
             request: Request = _recv(stdin)

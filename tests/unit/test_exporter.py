@@ -698,15 +698,27 @@ def test_the_collector_process_renders_what_the_thread_renders(tmp_path: Path, l
 def test_a_collector_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A collector stuck (in a cgroup read, say) must not hold every later
     scrape: past TIMEOUT_S it is killed and the scrape falls back."""
+    import sys
+
     from exporters import collectord
 
     monkeypatch.setattr(collectord, "TIMEOUT_S", 0.5)
+    monkeypatch.setattr(collectord, "START_TIMEOUT_S", 0.5)
     process = collectord.CollectorProcess("/nonexistent", "nsvisor")
-    process.argv = ["sh", "-c", "cat >/dev/null"]  # reads requests, never answers
+    request = collectord.Request((), (), (), ())
     try:
-        request = collectord.Request((), (), (), ())
+        process.argv = ["sh", "-c", "cat >/dev/null"]  # never even ready
         with pytest.raises(TimeoutError):
             process.render(request)
-        assert process.pid is None  # killed, a new one next time
+        assert process.pid is None and process.started == 1
+        ready_then_stuck = (
+            "import sys, exporters.collectord as c; c._send(sys.stdout.buffer, 'ready'); "
+            "sys.stdin.buffer.read()"
+        )
+        monkeypatch.setattr(collectord, "START_TIMEOUT_S", 60.0)
+        process.argv = [sys.executable, "-c", ready_then_stuck]
+        with pytest.raises(TimeoutError):
+            process.render(request)
+        assert process.pid is None and process.started == 2  # killed, a new one next time
     finally:
         process.close()
