@@ -29,7 +29,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporters.collectord import Request
+from exporters.collectord import NotReady, Request
 from exporters.families import HEALTH, NETWORK, SIMPLE, _ns
 from exporters.netdev import NetDev, NetReader
 from exporters.render import LabelCache, render
@@ -173,6 +173,8 @@ class ContainerCollector(Collector):
         if self.remote is not None:
             try:
                 return self._render_remote(self.remote)
+            except NotReady:
+                pass  # starting: this scrape in this thread
             except Exception as e:  # the scrape goes on in this thread
                 log.warning("metrics.collector_failed", error=repr(e))
         return render(self.gather(), self.layout_label, self.version, self._label_cache).encode()

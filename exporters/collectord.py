@@ -22,8 +22,9 @@ text is the same as the in-process path's, which stays as the fallback: if
 the collector cannot be started or fails, that scrape is rendered in the
 daemon's thread as before, and the next one starts a new collector.
 
-Lifetime: started at the first scrape (fork+exec by subprocess, close_fds:
-it inherits nothing of the daemon's but the three pipes), registered with
+Lifetime: started with the metrics server, in a thread (fork+exec by
+subprocess, close_fds: it inherits nothing of the daemon's but the three
+pipes; scrapes until it says "ready" are rendered in the thread), registered with
 the daemon's Reaper as a helper (supervisor.subproc) and reaped by a thread
 of its own; it exits on EOF of its stdin, i.e. when the daemon closes it or
 dies. It keeps each container's stat files open between scrapes and closes
@@ -119,25 +120,41 @@ def _recv_within(fd: int, deadline: float) -> Any:
     return pickle.loads(read(size))  # our own child, over our own pipe
 
 
+class NotReady(Exception):
+    """The collector process is being started: this scrape is rendered in
+    the daemon's thread."""
+
+
 class CollectorProcess:
     """The daemon's end: render(request) -> (text, this scrape's errors).
-    One request at a time (concurrent scrapes queue on a lock)."""
+    One request at a time (concurrent scrapes queue on a lock). A scrape
+    never waits for a collector to start: start_soon() starts one in a
+    thread, and until it is ready render() raises NotReady."""
 
     def __init__(self, cgroup_root: str, cgroup_parent: str) -> None:
         self.argv = [sys.executable, "-m", "exporters.collectord", cgroup_root, cgroup_parent]
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._starting = False
+        self._closed = False
         self.started = 0  # processes started so far (tests)
+        self.settled = threading.Event()
+        """Set when a start has ended, ready or failed (tests wait on it)."""
 
     @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
     def render(self, request: Request) -> tuple[bytes, list[str]]:
+        if self._proc is None:
+            self.start_soon()
+            raise NotReady("the collector process is starting")
         with self._lock:
+            proc = self._proc
+            if proc is None:
+                raise NotReady("the collector process is starting")
+            assert proc.stdin is not None and proc.stdout is not None
             try:
-                proc = self._proc or self._start()
-                assert proc.stdin is not None and proc.stdout is not None
                 _send(proc.stdin, request)
                 text, errors = _recv_within(proc.stdout.fileno(), time.monotonic() + TIMEOUT_S)
             except BaseException:
@@ -145,14 +162,30 @@ class CollectorProcess:
                 raise
             return text, errors
 
-    def _start(self) -> subprocess.Popen[bytes]:
+    def start_soon(self) -> None:
+        """Start a collector in a thread of its own, unless one is running or
+        starting."""
+        with self._lock:
+            if self._proc is not None or self._starting or self._closed:
+                return
+            self._starting = True
+            self.settled.clear()
+        threading.Thread(target=self._start, name="collector-start", daemon=True).start()
+
+    def _start(self) -> None:
         from supervisor.subproc import HELPERS, HELPERS_LOCK
 
-        with HELPERS_LOCK:  # before the daemon's Reaper can see it exit
-            proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
-            )
-            HELPERS.add(proc.pid)
+        try:
+            with HELPERS_LOCK:  # before the daemon's Reaper can see it exit
+                proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
+                )
+                HELPERS.add(proc.pid)
+        except OSError as e:
+            log.warning("metrics.collector_failed", error=repr(e))
+            self._starting = False
+            self.settled.set()
+            return
 
         def reap() -> None:
             proc.wait()
@@ -160,28 +193,44 @@ class CollectorProcess:
                 HELPERS.discard(proc.pid)
 
         threading.Thread(target=reap, name="collector-reaper", daemon=True).start()
-        self._proc = proc
         self.started += 1
         assert proc.stdout is not None
-        if _recv_within(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S) != "ready":
-            raise EOFError("the collector process did not say it was ready")
-        log.info("metrics.collector_started", pid=proc.pid)
-        return proc
+        try:
+            hello = _recv_within(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S)
+            if hello != "ready":
+                raise EOFError(f"the collector process said {hello!r}, not ready")
+        except Exception as e:
+            log.warning("metrics.collector_failed", pid=proc.pid, error=repr(e))
+            _kill(proc)
+        else:
+            with self._lock:
+                if self._closed:
+                    _kill(proc)
+                else:
+                    self._proc = proc
+                    log.info("metrics.collector_started", pid=proc.pid)
+        finally:
+            self._starting = False
+            self.settled.set()
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for f in (proc.stdin, proc.stdout):
-            with contextlib.suppress(OSError):
-                if f is not None:
-                    f.close()
-        with contextlib.suppress(OSError):
-            proc.kill()
+        if proc is not None:
+            _kill(proc)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._stop()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    for f in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            if f is not None:
+                f.close()
+    with contextlib.suppress(OSError):
+        proc.kill()
 
 
 def serve(

@@ -175,6 +175,8 @@ async def serve_metrics(
     app = MetricsApp(before, containers, [manager.start_durations])
     host, port = parse_addr(addr)
     server, thread = start_server(app, host, port)
+    if process is not None:
+        process.start_soon()  # ready, usually, before the first scrape
     try:
         task_status.started()
         await trio.sleep_forever()

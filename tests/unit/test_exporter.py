@@ -671,9 +671,11 @@ def test_the_collector_process_renders_what_the_thread_renders(tmp_path: Path, l
         return [x for x in text.splitlines() if not x.startswith("container_last_seen{")]
 
     try:
+        assert same(remote.render()) == same(local.render())  # in this thread: starting
+        assert process.settled.wait(60) and process.pid is not None
         for _ in range(2):
             assert same(remote.render()) == same(local.render())
-        assert process.started == 1 and process.pid is not None
+        assert process.started == 1
         assert remote.scrape_errors == local.scrape_errors != {}
         mgr.update("web", Limits(memory_max=96 << 20))
         limit = 'container_spec_memory_limit_bytes{id="/nsvisor/web",image="/srv/rootfs/web"'
@@ -686,10 +688,12 @@ def test_the_collector_process_renders_what_the_thread_renders(tmp_path: Path, l
             while time.monotonic() < deadline:
                 os.kill(pid, 0)
                 time.sleep(0.01)
-        assert same(remote.render()) == same(local.render())  # in this thread
+        assert same(remote.render()) == same(local.render())  # in this thread: it died
         assert process.pid is None
-        assert same(remote.render()) == same(local.render())  # a new collector
-        assert process.started == 2 and process.pid not in (None, pid)
+        assert same(remote.render()) == same(local.render())  # in this thread: starting
+        assert process.settled.wait(60) and process.pid not in (None, pid)
+        assert same(remote.render()) == same(local.render())  # in the new collector
+        assert process.started == 2
         assert remote.scrape_errors == local.scrape_errors  # counted on in the daemon
     finally:
         process.close()
@@ -708,8 +712,9 @@ def test_a_collector_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPa
     request = collectord.Request((), (), (), ())
     try:
         process.argv = ["sh", "-c", "cat >/dev/null"]  # never even ready
-        with pytest.raises(TimeoutError):
+        with pytest.raises(collectord.NotReady):  # a scrape never waits for a start
             process.render(request)
+        assert process.settled.wait(30)
         assert process.pid is None and process.started == 1
         ready_then_stuck = (
             "import sys, exporters.collectord as c; c._send(sys.stdout.buffer, 'ready'); "
@@ -717,6 +722,8 @@ def test_a_collector_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPa
         )
         monkeypatch.setattr(collectord, "START_TIMEOUT_S", 60.0)
         process.argv = [sys.executable, "-c", ready_then_stuck]
+        process.start_soon()
+        assert process.settled.wait(60) and process.pid is not None
         with pytest.raises(TimeoutError):
             process.render(request)
         assert process.pid is None and process.started == 2  # killed, a new one next time
