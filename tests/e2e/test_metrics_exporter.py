@@ -275,10 +275,22 @@ def test_the_stat_files_kept_open_reach_no_container(running_daemon: Daemon) -> 
     cgroup_dir = f"/{d.cgroup_parent}/"
     d.cli("run", "-d", "--name", "early", d.rootfs, "--", "sleep", "1000")
     d.wait_for("early", lambda i: i["state"] == "running")
-    exposition(d)
-    collector = _collector_pid(d.proc.pid)
-    kept = [t for t in _fd_targets(collector) if f"{cgroup_dir}early/" in t]
-    assert len(kept) >= 10, kept  # it really keeps them
+    # The collector starts with the metrics server; scrapes before it is
+    # ready are rendered in the daemon's thread.
+    deadline = time.monotonic() + 60
+    while True:
+        exposition(d)
+        try:
+            collector = _collector_pid(d.proc.pid)
+        except AssertionError:
+            collector = 0
+        kept = (
+            [t for t in _fd_targets(collector) if f"{cgroup_dir}early/" in t] if collector else []
+        )
+        if len(kept) >= 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(kept) >= 10, (collector, kept)  # it really keeps them
     d.cli("run", "-d", "--name", "late", d.rootfs, "--", "sleep", "1000")
     d.wait_for("late", lambda i: i["state"] == "running")
     exposition(d)
