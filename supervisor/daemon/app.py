@@ -79,6 +79,7 @@ class Daemon:
         config_path: str | None,
         overrides: Mapping[str, str] | None = None,
     ) -> None:
+        from exporters import server as metrics_server
         from supervisor.cgroups import open_manager
         from supervisor.cgroups._fs import stat_fd_budget
         from supervisor.daemon.containers import ContainerManager
@@ -92,7 +93,14 @@ class Daemon:
         self._reload_lock = trio.Lock()
         self.events = EventBus()
         self.reaper = Reaper()
-        self.cgroups = open_manager(cfg.cgroup_root, cfg.cgroup_parent, stat_fds=stat_fd_budget())
+        # The scrapes' stat files are kept open in the collector process
+        # (exporters/collectord.py); the daemon's own reads (nsvisor stats, a
+        # scrape while the collector starts) open them per read.
+        self.cgroups = open_manager(
+            cfg.cgroup_root,
+            cfg.cgroup_parent,
+            stat_fds=0 if metrics_server.COLLECTOR_PROCESS else stat_fd_budget(),
+        )
         self.manager = ContainerManager(
             state_dir=cfg.state_dir,
             zygote=zygote,
@@ -287,11 +295,12 @@ class Daemon:
 
 
 def _raise_nofile() -> None:
-    """RLIMIT_NOFILE soft up to the hard limit: the cgroup backends keep the
-    stat files of every container open between scrapes (~17 fds per
-    container on hybrid, ~12 on v2; _fs.StatFiles takes half of what the
-    soft limit leaves, and falls back to open/read/close beyond it).
-    systemd starts services with 1024:524288."""
+    """RLIMIT_NOFILE soft up to the hard limit, for the collector process
+    the daemon starts (which inherits it): it keeps the stat files of every
+    running container open between scrapes (16 fds per container on
+    hybrid, 12 on v2; _fs.StatFiles takes half of what the soft limit
+    leaves, and opens per read beyond it). systemd starts services with
+    1024:524288."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         with contextlib.suppress(ValueError, OSError):
