@@ -42,6 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import lagprobe
 from bench.nsd import Daemon, monitor_pids
 from bench.oci import HiddenUnified, run_argv, write_bundle
 from bench.proc import (
@@ -332,7 +333,9 @@ class Bench:
 
     def scrape_variants(self, variants: list[Variant]) -> None:
         """Item 5 alone, once per daemon variant, one daemon after the other
-        (each starts its own sleepers; same cgroup parent, emptied between)."""
+        (each starts its own sleepers; same cgroup parent, emptied between).
+        Each daemon runs bench/lagprobe.py: the trio loop's wake-up lag is
+        reported idle, during back-to-back scrapes and during the restarts."""
         p = self.plan
         first = True
         for i, variant in enumerate(variants):
@@ -341,10 +344,12 @@ class Bench:
                 self.d.stop()
             tmp = self.tmp / f"variant{i}"
             tmp.mkdir()
-            self.daemon = Daemon(tmp, self.tag, prelude=variant.prelude)
+            lag_file = str(tmp / "lag.bin")
+            self.daemon = Daemon(tmp, self.tag, prelude=variant.prelude_with_probe(lag_file))
             self.d.start()
             self.log(f"variant {variant.label}: daemon pid {self.d.pid}")
             self.rows.append(f"5. scrape cost [{variant.label}]")
+            windows: list[tuple[str, float, float]] = []
             current = 0
             for level in sorted(p.scrape_sizes):
                 self.d.start_many(
@@ -352,15 +357,32 @@ class Bench:
                 )
                 current = level
                 self.log(f"{current} containers running")
+                time.sleep(1.0)  # let the starts settle before the idle window
+                t0 = time.monotonic()
+                time.sleep(2.0)
+                windows.append((f"idle, N={level}", t0, time.monotonic()))
+                t0 = time.monotonic()
                 self.rows += self._scrape(level)
-            if first:
+                windows.append((f"scrapes back to back, N={level}", t0, time.monotonic()))
+            if first and variant.src is None:
                 self.rows += _render_ab(self.tag, self.d, p.scrapes)
                 first = False
             # The same restarts without scrapes first: the scrapes' own cost is the ratio.
+            t0 = time.monotonic()
             self.restart_latency(p.restarts, f"quiet while {current} containers run, no scrapes")
+            windows.append((f"restarts, N={current}, no scrapes", t0, time.monotonic()))
+            t0 = time.monotonic()
             self.restart_latency(
                 p.restarts, f"scraping while {current} containers run", scrape=True
             )
+            windows.append((f"restarts + scrapes b2b, N={current}", t0, time.monotonic()))
+            time.sleep(1.5)  # the probe writes its samples about once a second
+            self.rows.append("  trio loop lag (overshoot of a 1 ms sleep, bench/lagprobe.py)")
+            for label, start, end in windows:
+                lag = [v * MS for v in lagprobe.read(lag_file, start, end)]
+                if lag:
+                    self.rows.append(row(f"  loop lag, {label}", "ms", lag))
+                    self.rows.append(row(f"  loop lag p99, {label}", "ms", [_p99(lag)]))
 
     def _mass_start(self, n: int) -> float:
         specs = [self.sleeper(f"m{i}") for i in range(n)]
@@ -388,20 +410,27 @@ class Bench:
         return out
 
     def _scrape(self, n: int) -> list[Row | str]:
-        self.d.scrape()  # first scrape warms caches (and imports)
+        self.d.scrape()  # first scrape warms caches (and imports, and starts the collector)
+        collectors = collector_pids(self.d.pid)
         cpu0 = cpu_seconds(self.d.pid)
+        ccpu0 = sum(cpu_seconds(p) for p in collectors)
         lat: list[float] = []
         size = 0
         for _ in range(self.plan.scrapes):
             s, size = self.d.scrape()
             lat.append(s * MS)
         cpu = (cpu_seconds(self.d.pid) - cpu0) / self.plan.scrapes * MS
+        ccpu = (sum(cpu_seconds(p) for p in collectors) - ccpu0) / self.plan.scrapes * MS
         target = Target("<", 100.0) if n >= 500 else None
-        return [
+        rows = [
             row(f"scrape latency, N={n}", "ms", lat, target),
             row(f"daemon CPU per scrape, N={n}", "ms", [cpu]),
-            row(f"exposition size, N={n}", "KiB", [size / 1024]),
         ]
+        if collectors:
+            rows.append(row(f"collector process CPU per scrape, N={n}", "ms", [ccpu]))
+            rows.append(row(f"daemon + collector CPU per scrape, N={n}", "ms", [cpu + ccpu]))
+        rows.append(row(f"exposition size, N={n}", "KiB", [size / 1024]))
+        return rows
 
     # ---- clean-up -------------------------------------------------------------------
 
@@ -433,31 +462,52 @@ class Bench:
 @dataclass(frozen=True)
 class Variant:
     """A daemon configuration for the scrape item: `render` is "fast" (as
-    shipped) or "legacy" (prometheus_client's generate_latest over the same
-    collectors: the exporter before bench/RESULTS.md's 2026-11-28 change);
+    shipped: the container families rendered in the collector process,
+    exporters/collectord.py), "thread" (the same renderer in the daemon's
+    metrics thread, as before 2026-11-27 23:30) or "legacy" (prometheus_client's
+    generate_latest over the same collectors, in the thread: the exporter
+    before bench/RESULTS.md's 2026-11-27 20:35 change);
     `switch` a sys.setswitchinterval() value in seconds, or None for what the
-    daemon does by itself."""
+    daemon does by itself; `src` another source tree to run the daemon's
+    supervisor and exporters packages from (e.g. `git archive` of an older
+    commit), for before/after runs interleaved in one benchmark."""
 
     render: str
     switch: float | None
+    src: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        render, _, switch = text.partition("@")
-        if render not in ("fast", "legacy"):
-            raise ValueError(f"scrape variant {text!r}: RENDER is fast or legacy")
-        return cls(render, float(switch) if switch and switch != "default" else None)
+        render, _, rest = text.partition("@")
+        switch, _, src = rest.partition("@")
+        if render not in ("fast", "thread", "legacy"):
+            raise ValueError(f"scrape variant {text!r}: RENDER is fast, thread or legacy")
+        if src and not os.path.isdir(os.path.join(src, "supervisor")):
+            raise ValueError(f"scrape variant {text!r}: no supervisor package in {src}")
+        return cls(render, float(switch) if switch and switch != "default" else None, src or None)
 
     @property
     def label(self) -> str:
         ms = "default" if self.switch is None else f"{self.switch * MS:g} ms"
-        return f"{self.render}, switch {ms}"
+        where = "" if self.src is None else f", code from {self.src}"
+        return f"{self.render}, switch {ms}{where}"
+
+    def prelude_with_probe(self, lag_file: str) -> str:
+        repo = str(Path(__file__).resolve().parent.parent)
+        lines = [f"import sys; sys.path.insert(0, {repo!r}); import bench.lagprobe as _lp"]
+        if self.src is not None:
+            lines.append(f"sys.path.insert(0, {self.src!r})")
+        lines.append(self.prelude)
+        lines.append(f"_lp.install({lag_file!r})")
+        return "\n".join(line for line in lines if line)
 
     @property
     def prelude(self) -> str:
         lines = []
         if self.switch is not None:
             lines.append(f"import sys; sys.setswitchinterval({self.switch!r})")
+        if self.render in ("thread", "legacy"):
+            lines.append("import exporters.server as s; s.COLLECTOR_PROCESS = False")
         if self.render == "legacy":
             lines.append(
                 "import exporters.server as s; from prometheus_client import generate_latest as g; "
@@ -473,6 +523,27 @@ def _compile_bytecode() -> str:
 
     ok = compileall.compile_dir(os.path.dirname(supervisor.__file__), quiet=1)
     return f"compiled {os.path.dirname(supervisor.__file__)}" if ok else "compileall failed"
+
+
+def collector_pids(daemon_pid: int) -> list[int]:
+    """The daemon's collector process (exporters/collectord.py), a child of
+    whichever of its threads started it."""
+    found = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{daemon_pid}/task"):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{daemon_pid}/task/{tid}/children") as f:
+                    kids = [int(p) for p in f.read().split()]
+                for pid in kids:
+                    with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if b"exporters.collectord" in f.read():
+                            found.append(pid)
+    return found
+
+
+def _p99(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 def _time_oci(
@@ -515,8 +586,9 @@ def _render_ab(tag: str, d: Daemon, rounds: int) -> list[Row | str]:
     from exporters.collector import ContainerCollector
     from exporters.view import ContainerView
     from supervisor.cgroups import open_manager
+    from supervisor.cgroups._fs import stat_fd_budget
 
-    mgr = open_manager("/sys/fs/cgroup", tag)
+    mgr = open_manager("/sys/fs/cgroup", tag, stat_fds=stat_fd_budget())
     vs = tuple(
         ContainerView(
             name=c["name"],
@@ -554,6 +626,7 @@ def _render_ab(tag: str, d: Daemon, rounds: int) -> list[Row | str]:
         legacy.append((t1 - t0) * MS)
         fast.append((t2 - t1) * MS)
         gather.append((t3 - t2) * MS)
+    mgr.close()
     n = len(vs)
     return [
         f"  in-process, live cgroups of N={n}, interleaved (cgroup families, no network)",

@@ -25,9 +25,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from exporters.collectord import NotReady, Request
 from exporters.families import HEALTH, NETWORK, SIMPLE, _ns
 from exporters.netdev import NetDev, NetReader
 from exporters.render import LabelCache, render
@@ -37,6 +39,7 @@ from supervisor.cgroups.stats import Stats
 from supervisor.lifecycle import STATES
 
 LABELS = ["name", "id", "image"]
+log = structlog.get_logger()
 
 
 class StatsSource(Protocol):
@@ -82,8 +85,12 @@ class ContainerCollector(Collector):
         net: NetReader | None = None,
         clock: Callable[[], float] = time.time,
         version: str = __version__,
+        remote: Callable[[Request], tuple[bytes, list[str]]] | None = None,
     ) -> None:
+        """`remote`: render() in a collector process (exporters/collectord.py),
+        falling back to this thread when it fails."""
         self.source = source
+        self.remote = remote
         self.views = views
         self.memory_events = memory_events or tuple
         self.net = net if net is not None else NetReader()
@@ -94,6 +101,24 @@ class ContainerCollector(Collector):
         self.scrape_errors: Counter[str] = Counter()
         # render()'s per-container label strings, rebuilt only for new views.
         self._label_cache = LabelCache()
+        self._netns_now: dict[tuple[int, float | None], bool] = {}
+        self._netns_prev: dict[tuple[int, float | None], bool] = {}
+
+    def _host_netns(self, v: ContainerView) -> bool:
+        """NetReader.shares_host_netns, asked once per run of a workload (the
+        same pid and start time): whether a process is in the host's network
+        namespace does not change while it runs (a container cannot reach the
+        host's namespace file), and the stat() per container was ~6% of a
+        scrape. Kept for the runs seen in the last two scrapes."""
+        assert v.workload_pid is not None
+        key = (v.workload_pid, v.started_at)
+        shared = self._netns_now.get(key)
+        if shared is None:
+            shared = self._netns_prev.get(key)
+            if shared is None:
+                shared = self.net.shares_host_netns(v.workload_pid)
+            self._netns_now[key] = shared
+        return shared
 
     @property
     def layout_label(self) -> str:
@@ -115,11 +140,12 @@ class ContainerCollector(Collector):
                 s = Stats(errors=["stats"])
             stats[v.name] = s
             errors.extend(s.errors)
-            if v.workload_pid is not None and not self.net.shares_host_netns(v.workload_pid):
+            if v.workload_pid is not None and not self._host_netns(v):
                 try:
                     nets[v.name] = self.net.read(v.workload_pid)
                 except (OSError, ValueError):
                     errors.append("net/dev")
+        self._netns_prev, self._netns_now = self._netns_now, {}
         with self._errors_lock:
             self.scrape_errors.update(errors)
             counted = sorted(self.scrape_errors.items())
@@ -137,8 +163,36 @@ class ContainerCollector(Collector):
         """The same families as collect(), as Prometheus text format 0.0.4,
         byte for byte what prometheus_client's generate_latest makes of them
         (tests/unit/test_exporter.py compares the two), about ten times
-        faster: see exporters/render.py."""
-        return render(self.gather(), self.layout_label, self.version, self._label_cache)
+        faster: see exporters/render.py. In the collector process when there
+        is one (`remote`)."""
+        return self.render_bytes().decode()
+
+    def render_bytes(self) -> bytes:
+        """render(), UTF-8 encoded: what the collector process sends (the
+        daemon then never decodes and re-encodes 3 MiB of text)."""
+        if self.remote is not None:
+            try:
+                return self._render_remote(self.remote)
+            except NotReady:
+                pass  # starting: this scrape in this thread
+            except Exception as e:  # the scrape goes on in this thread
+                log.warning("metrics.collector_failed", error=repr(e))
+        return render(self.gather(), self.layout_label, self.version, self._label_cache).encode()
+
+    def _render_remote(self, remote: Callable[[Request], tuple[bytes, list[str]]]) -> bytes:
+        views = self.views()
+        generation = getattr(self.source, "spec_generation", None)
+        generations = tuple(
+            (v.cgroup_name, generation(v.cgroup_name) if generation else 0)
+            for v in views
+            if v.state in ("running", "stopping")
+        )
+        with self._errors_lock:
+            counted = tuple(sorted(self.scrape_errors.items()))
+        text, errors = remote(Request(views, self.memory_events(), counted, generations))
+        with self._errors_lock:
+            self.scrape_errors.update(errors)
+        return text
 
     def _cgroup_metrics(
         self, running: list[ContainerView], stats: dict[str, Stats], now: float

@@ -40,7 +40,11 @@ def detect(root: str = "/sys/fs/cgroup") -> Layout:
     return "hybrid"
 
 
-def open_manager(root: str = "/sys/fs/cgroup", parent: str = "nsvisor") -> CgroupManager:
+def open_manager(
+    root: str = "/sys/fs/cgroup", parent: str = "nsvisor", *, stat_fds: int = 0
+) -> CgroupManager:
+    """`stat_fds`: how many stat files stats() may keep open between calls
+    (_fs.StatFiles; the daemon passes _fs.stat_fd_budget())."""
     if detect(root) == "v2":
-        return V2Manager(root, parent)
-    return V1Manager(root, parent)
+        return V2Manager(root, parent, stat_fds=stat_fds)
+    return V1Manager(root, parent, stat_fds=stat_fds)

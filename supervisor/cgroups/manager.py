@@ -73,7 +73,31 @@ class CgroupManager(Protocol):
         tests and cleanup)."""
         ...
 
-    def stats(self, name: str) -> Stats: ...
+    def stats(self, name: str) -> Stats:
+        """Best effort, never raises. Keeps the cgroup's stat files open
+        between calls (bounded; see _fs.StatFiles) and its limit values until
+        create()/update()/remove() of the cgroup or a minute passes (see
+        _fs.SpecCache)."""
+        ...
+
+    def close(self) -> None:
+        """Close the stat files stats() keeps open (the daemon at exit)."""
+        ...
+
+    def spec_generation(self, name: str) -> int:
+        """A number that changes whenever this manager writes the cgroup's
+        limits (create, update) or removes it."""
+        ...
+
+    def invalidate_spec(self, name: str) -> None:
+        """Forget the cached limit values: the next stats() reads them
+        (another process's manager wrote them)."""
+        ...
+
+    def forget(self, name: str) -> None:
+        """Close the cgroup's kept stat files and forget its limit values
+        (it is gone, or no longer of interest)."""
+        ...
 
     def oom_kill_file(self, name: str) -> str | None:
         """The file with an "oom_kill N" line (v2 memory.events, v1

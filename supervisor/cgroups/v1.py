@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from supervisor.errors import KernelError
 from supervisor.runtime.devices import DeviceRule
@@ -286,11 +288,19 @@ class V1Manager:
     layout: Layout = "hybrid"
 
     def __init__(
-        self, root: str = "/sys/fs/cgroup", parent: str = "nsvisor", *, use_unified: bool = True
+        self,
+        root: str = "/sys/fs/cgroup",
+        parent: str = "nsvisor",
+        *,
+        use_unified: bool = True,
+        stat_fds: int = 0,
     ) -> None:
         _fs.validate_name(parent, "cgroup parent")
         self.root = root
         self.parent = parent
+        self.stat_files = _fs.StatFiles(stat_fds)
+        self._spec: _fs.SpecCache[_Spec] = _fs.SpecCache()
+        self._stat_paths: dict[str, _StatPaths] = {}
         self.hierarchies = find_hierarchies(root)
         unified = os.path.join(root, "unified")
         self.unified: str | None = (
@@ -329,6 +339,7 @@ class V1Manager:
     # --- limits -----------------------------------------------------------
 
     def create(self, name: str, limits: Limits) -> None:
+        self._forget(name)
         created: list[str] = []
         try:
             for base, directory in zip(self._bases(), self._dirs(name), strict=True):
@@ -340,6 +351,8 @@ class V1Manager:
                 with contextlib.suppress(KernelError):
                     _fs.rmdir_retry(d)
             raise
+        finally:  # after the writes: a scrape meanwhile may have read the old values
+            self._spec.invalidate(name)
 
     def update(self, name: str, limits: Limits) -> None:
         # A cgroup made before cpuset was joined (live restore across an
@@ -353,7 +366,10 @@ class V1Manager:
                 errno=errno.ENOENT,
                 path=missing[0],
             )
-        self._apply(name, limits)
+        try:
+            self._apply(name, limits)
+        finally:  # after the writes: a scrape meanwhile may have read the old values
+            self._spec.invalidate(name)
 
     def _apply(self, name: str, limits: Limits) -> None:
         files: set[str] = set()
@@ -565,12 +581,34 @@ class V1Manager:
         )
 
     def remove(self, name: str) -> None:
+        self._forget(name)
         for d in self._dirs(name):
             _fs.rmdir_tree(d)
 
     def remove_parent(self) -> None:
         for base in self._bases():
+            self.stat_files.close_under(os.path.join(base, self.parent))
             _fs.rmdir_tree(os.path.join(base, self.parent))
+
+    def spec_generation(self, name: str) -> int:
+        return self._spec.generation(name)
+
+    def invalidate_spec(self, name: str) -> None:
+        self._spec.invalidate(name)
+
+    def forget(self, name: str) -> None:
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """Drop what stats() keeps for the cgroup: its open files and its
+        cached limits (create() may make it anew, remove() ends it)."""
+        self._spec.invalidate(name)
+        self._stat_paths.pop(name, None)
+        for d in self._dirs(name):
+            self.stat_files.close_under(d)
+
+    def close(self) -> None:
+        self.stat_files.close()
 
     # --- stats --------------------------------------------------------------
 
@@ -588,52 +626,61 @@ class V1Manager:
         on 6.18 both failcnt files stay 0 even while the limit is hit and the
         OOM killer runs, so do not alert on v1 "max". v1 has no counterpart
         of v2's low/high/oom/oom_group_kill."""
+        memory = self._ctl("memory", name)
+        if memory is None:
+            return {}
         r = _fs.StatReader()
-        return _memory_events(r, self._ctl("memory", name)) or {}
+        failcnt = r.read(os.path.join(memory, "memory.failcnt"), parse.parse_int)
+        return (
+            _memory_events(
+                r,
+                os.path.join(memory, "memory.oom_control"),
+                failcnt,
+                os.path.join(memory, "memory.memsw.failcnt"),
+            )
+            or {}
+        )
 
     def stats(self, name: str) -> Stats:
-        r = _fs.StatReader()
-        cpu, acct, memory, pids, blkio = (
-            self._ctl(c, name) for c in ("cpu", "cpuacct", "memory", "pids", "blkio")
-        )
-        unified = self._unified_dir(name)
-        cpu_stat = r.read(_j(cpu, "cpu.stat"), parse.parse_keyed) or {}
-        user_ns = r.read(_j(acct, "cpuacct.usage_user"), parse.parse_int, optional=True)
-        system_ns = r.read(_j(acct, "cpuacct.usage_sys"), parse.parse_int, optional=True)
+        p = self._stat_paths.get(name) or self._make_stat_paths(name)
+        r = _fs.StatReader(self.stat_files)
+        cpu_stat = r.read(p.cpu_stat, parse.parse_keyed) or {}
+        user_ns = r.read(p.usage_user, parse.parse_int, optional=True)
+        system_ns = r.read(p.usage_sys, parse.parse_int, optional=True)
         if user_ns is None or system_ns is None:
             # cpuacct.usage_user/_sys exist since 4.7; cpuacct.stat is in USER_HZ ticks.
-            ticks = r.read(_j(acct, "cpuacct.stat"), parse.parse_keyed) or {}
+            ticks = r.read(p.cpuacct_stat, parse.parse_keyed) or {}
             ns_per_tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
             user_ns = ticks["user"] * ns_per_tick if "user" in ticks else None
             system_ns = ticks["system"] * ns_per_tick if "system" in ticks else None
-        mem = r.read(_j(memory, "memory.stat"), parse.parse_keyed) or {}
-        limit = r.read(_j(memory, "memory.limit_in_bytes"), parse.parse_limit)
-        memsw = r.read(_j(memory, _MEMSW), parse.parse_limit, optional=True)
-        shares = r.read(_j(cpu, "cpu.shares"), parse.parse_int)
+        mem = r.read(p.memory_stat, parse.parse_keyed) or {}
+        spec = self._spec.get(name, functools.partial(_read_spec, p), r)
         io = None
-        if blkio is not None:
-            service_bytes = r.read(_j(blkio, "blkio.throttle.io_service_bytes_recursive"), str)
-            serviced = r.read(_j(blkio, "blkio.throttle.io_serviced_recursive"), str)
+        if p.service_bytes is not None:
+            service_bytes = r.read(p.service_bytes, str)
+            serviced = r.read(p.serviced, str)
             if service_bytes is not None or serviced is not None:
                 io = parse.parse_blkio(service_bytes or "", serviced or "")
-        failcnt = r.read(_j(memory, "memory.failcnt"), parse.parse_int)
-        events = _memory_events(r, memory)
+        failcnt = r.read(p.failcnt, parse.parse_int)  # once: also in memory_events
+        events = (
+            None
+            if p.oom_control is None or p.memsw_failcnt is None
+            else _memory_events(r, p.oom_control, failcnt, p.memsw_failcnt)
+        )
         return Stats(
-            cpu_usage_ns=r.read(_j(acct, "cpuacct.usage"), parse.parse_int),
+            cpu_usage_ns=r.read(p.usage, parse.parse_int),
             cpu_user_ns=user_ns,
             cpu_system_ns=system_ns,
             cpu_periods=cpu_stat.get("nr_periods"),
             cpu_throttled_periods=cpu_stat.get("nr_throttled"),
             cpu_throttled_ns=cpu_stat.get("throttled_time"),  # already ns on v1
-            memory_usage=r.read(_j(memory, "memory.usage_in_bytes"), parse.parse_int),
-            memory_max_usage=r.read(_j(memory, "memory.max_usage_in_bytes"), parse.parse_int),
-            memory_limit=limit,
+            memory_usage=r.read(p.usage_in_bytes, parse.parse_int),
+            memory_max_usage=r.read(p.max_usage_in_bytes, parse.parse_int),
+            memory_limit=spec.memory_limit,
             # total_swap is in memory.stat only with swap accounting on.
             memory_swap_usage=mem.get("total_swap"),
-            memory_swap_limit=_swap_only(limit, memsw),
-            memory_reservation=r.read(
-                _j(memory, "memory.soft_limit_in_bytes"), parse.parse_limit, optional=True
-            ),
+            memory_swap_limit=_swap_only(spec.memory_limit, spec.memsw_limit),
+            memory_reservation=spec.memory_reservation,
             # total_* include child cgroups, matching v2's hierarchical numbers.
             memory_rss=mem.get("total_rss"),
             memory_cache=mem.get("total_cache"),
@@ -646,34 +693,121 @@ class V1Manager:
             memory_pgfault_hierarchy=mem.get("total_pgfault"),
             memory_pgmajfault_hierarchy=mem.get("total_pgmajfault"),
             # Every hierarchy has the same members; pids is where the thread
-            # count comes from too.
-            processes=r.read(_j(pids or memory, "cgroup.procs"), parse.parse_count),
-            pids_current=r.read(_j(pids, "pids.current"), parse.parse_int),
-            pids_max=r.read(_j(pids, "pids.max"), parse.parse_limit),
+            # count comes from too. Opened anew every time (see StatFiles).
+            processes=r.read(p.procs, parse.parse_count, fresh=True),
+            pids_current=r.read(p.pids_current, parse.parse_int),
+            pids_max=spec.pids_max,
             io=io,
-            pressure=None if unified is None else _fs.read_pressure(r, unified),
-            cpu_quota_us=r.read(_j(cpu, "cpu.cfs_quota_us"), parse.parse_limit),
-            cpu_period_us=r.read(_j(cpu, "cpu.cfs_period_us"), parse.parse_int),
-            cpu_shares=shares,
+            pressure=None if p.unified is None else _fs.read_pressure(r, p.unified),
+            cpu_quota_us=spec.cpu_quota_us,
+            cpu_period_us=spec.cpu_period_us,
+            cpu_shares=spec.cpu_shares,
             # Derived, for dashboards that read the v2 unit on every host.
-            cpu_weight=None if shares is None else shares_to_weight(shares),
+            cpu_weight=None if spec.cpu_shares is None else shares_to_weight(spec.cpu_shares),
             errors=r.errors,
         )
 
+    def _make_stat_paths(self, name: str) -> _StatPaths:
+        cpu, acct, memory, pids, blkio = (
+            self._ctl(c, name) for c in ("cpu", "cpuacct", "memory", "pids", "blkio")
+        )
+        p = _StatPaths(
+            cpu_stat=_j(cpu, "cpu.stat"),
+            usage=_j(acct, "cpuacct.usage"),
+            usage_user=_j(acct, "cpuacct.usage_user"),
+            usage_sys=_j(acct, "cpuacct.usage_sys"),
+            cpuacct_stat=_j(acct, "cpuacct.stat"),
+            oom_control=_j(memory, "memory.oom_control"),
+            memsw_failcnt=_j(memory, "memory.memsw.failcnt"),
+            memory_stat=_j(memory, "memory.stat"),
+            usage_in_bytes=_j(memory, "memory.usage_in_bytes"),
+            max_usage_in_bytes=_j(memory, "memory.max_usage_in_bytes"),
+            failcnt=_j(memory, "memory.failcnt"),
+            limit=_j(memory, "memory.limit_in_bytes"),
+            memsw_limit=_j(memory, _MEMSW),
+            soft_limit=_j(memory, "memory.soft_limit_in_bytes"),
+            shares=_j(cpu, "cpu.shares"),
+            quota=_j(cpu, "cpu.cfs_quota_us"),
+            period=_j(cpu, "cpu.cfs_period_us"),
+            service_bytes=_j(blkio, "blkio.throttle.io_service_bytes_recursive"),
+            serviced=_j(blkio, "blkio.throttle.io_serviced_recursive"),
+            procs=_j(pids or memory, "cgroup.procs"),
+            pids_current=_j(pids, "pids.current"),
+            pids_max=_j(pids, "pids.max"),
+            unified=self._unified_dir(name),
+        )
+        self._stat_paths[name] = p
+        return p
 
-def _memory_events(r: _fs.StatReader, memory: str | None) -> dict[str, int] | None:
-    if memory is None:
-        return None
-    oom = r.read(os.path.join(memory, "memory.oom_control"), parse.parse_keyed)
-    failcnt = r.read(os.path.join(memory, "memory.failcnt"), parse.parse_int)
-    memsw_failcnt = r.read(os.path.join(memory, "memory.memsw.failcnt"), parse.parse_int, True)
+
+@dataclass(frozen=True)
+class _StatPaths:
+    """The files stats() reads for one cgroup (None: hierarchy not mounted)."""
+
+    cpu_stat: str | None
+    usage: str | None
+    usage_user: str | None
+    usage_sys: str | None
+    cpuacct_stat: str | None
+    oom_control: str | None
+    memsw_failcnt: str | None
+    memory_stat: str | None
+    usage_in_bytes: str | None
+    max_usage_in_bytes: str | None
+    failcnt: str | None
+    limit: str | None
+    memsw_limit: str | None
+    soft_limit: str | None
+    shares: str | None
+    quota: str | None
+    period: str | None
+    service_bytes: str | None
+    serviced: str | None
+    procs: str | None
+    pids_current: str | None
+    pids_max: str | None
+    unified: str | None
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The limit files of one cgroup, as stats() reports them (SpecCache)."""
+
+    memory_limit: int | None
+    memsw_limit: int | None
+    memory_reservation: int | None
+    cpu_shares: int | None
+    cpu_quota_us: int | None
+    cpu_period_us: int | None
+    pids_max: int | None
+
+
+def _read_spec(p: _StatPaths, r: _fs.StatReader) -> _Spec:
+    return _Spec(
+        memory_limit=r.read(p.limit, parse.parse_limit),
+        memsw_limit=r.read(p.memsw_limit, parse.parse_limit, optional=True),
+        memory_reservation=r.read(p.soft_limit, parse.parse_limit, optional=True),
+        cpu_shares=r.read(p.shares, parse.parse_int),
+        cpu_quota_us=r.read(p.quota, parse.parse_limit),
+        cpu_period_us=r.read(p.period, parse.parse_int),
+        pids_max=r.read(p.pids_max, parse.parse_limit),
+    )
+
+
+def _memory_events(
+    r: _fs.StatReader, oom_control: str, failcnt: int | None, memsw_failcnt: str
+) -> dict[str, int] | None:
+    """v1's counters (see V1Manager.memory_events); `failcnt` is memory.failcnt,
+    read by the caller (stats() reports it too)."""
+    oom = r.read(oom_control, parse.parse_keyed)
+    memsw = r.read(memsw_failcnt, parse.parse_int, optional=True)
     if oom is None and failcnt is None:
         return None
     events: dict[str, int] = {}
     if oom is not None and "oom_kill" in oom:
         events["oom_kill"] = oom["oom_kill"]
     if failcnt is not None:
-        events["max"] = failcnt + (memsw_failcnt or 0)
+        events["max"] = failcnt + (memsw or 0)
     return events
 
 

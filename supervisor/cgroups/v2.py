@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from supervisor.errors import KernelError
 from supervisor.runtime.devices import DeviceRule
@@ -211,12 +213,20 @@ class V2Manager:
     layout: Layout = "v2"
 
     def __init__(
-        self, root: str = "/sys/fs/cgroup", parent: str = "nsvisor", *, use_cgroup_kill: bool = True
+        self,
+        root: str = "/sys/fs/cgroup",
+        parent: str = "nsvisor",
+        *,
+        use_cgroup_kill: bool = True,
+        stat_fds: int = 0,
     ) -> None:
         _fs.validate_name(parent, "cgroup parent")
         self.root = root
         self.parent = parent
         self.use_cgroup_kill = use_cgroup_kill
+        self.stat_files = _fs.StatFiles(stat_fds)
+        self._spec: _fs.SpecCache[_Spec] = _fs.SpecCache()
+        self._stat_paths: dict[str, _StatPaths] = {}
 
     def _dir(self, name: str) -> str:
         _fs.validate_name(name)
@@ -231,6 +241,7 @@ class V2Manager:
 
     def create(self, name: str, limits: Limits) -> None:
         target = self._dir(name)
+        self._forget(name)
         created: list[str] = []
         try:
             directory = self.root
@@ -247,6 +258,8 @@ class V2Manager:
                 with contextlib.suppress(KernelError):
                     _fs.rmdir_retry(d)
             raise
+        finally:  # after the writes: a scrape meanwhile may have read the old values
+            self._spec.invalidate(name)
 
     def update(self, name: str, limits: Limits) -> None:
         target = self._dir(name)
@@ -256,7 +269,10 @@ class V2Manager:
                 errno=errno.ENOENT,
                 path=target,
             )
-        self._apply(target, limits)
+        try:
+            self._apply(target, limits)
+        finally:  # after the writes: a scrape meanwhile may have read the old values
+            self._spec.invalidate(name)
 
     def _apply(self, target: str, limits: Limits) -> None:
         subtree = os.path.join(os.path.dirname(target), "cgroup.subtree_control")
@@ -396,10 +412,31 @@ class V2Manager:
         )
 
     def remove(self, name: str) -> None:
+        self._forget(name)
         _fs.rmdir_tree(self._dir(name))
 
     def remove_parent(self) -> None:
+        self.stat_files.close_under(os.path.join(self.root, self.parent))
         _fs.rmdir_tree(os.path.join(self.root, self.parent))
+
+    def spec_generation(self, name: str) -> int:
+        return self._spec.generation(name)
+
+    def invalidate_spec(self, name: str) -> None:
+        self._spec.invalidate(name)
+
+    def forget(self, name: str) -> None:
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        """Drop what stats() keeps for the cgroup: its open files and its
+        cached limits (create() may make it anew, remove() ends it)."""
+        self._spec.invalidate(name)
+        self._stat_paths.pop(name, None)
+        self.stat_files.close_under(self._dir(name))
+
+    def close(self) -> None:
+        self.stat_files.close()
 
     # --- stats --------------------------------------------------------------
 
@@ -413,13 +450,12 @@ class V2Manager:
         return _fs.read_keyed(_j(self._dir(name), "memory.events"))
 
     def stats(self, name: str) -> Stats:
-        d = self._dir(name)
-        r = _fs.StatReader()
-        cpu = r.read(_j(d, "cpu.stat"), parse.parse_keyed) or {}
-        cpu_max = r.read(_j(d, "cpu.max"), parse.parse_cpu_max)
-        weight = r.read(_j(d, "cpu.weight"), parse.parse_int)
-        mem = r.read(_j(d, "memory.stat"), parse.parse_keyed) or {}
-        usage = r.read(_j(d, "memory.current"), parse.parse_int)
+        p = self._stat_paths.get(name) or self._make_stat_paths(name)
+        r = _fs.StatReader(self.stat_files)
+        cpu = r.read(p.cpu_stat, parse.parse_keyed) or {}
+        mem = r.read(p.memory_stat, parse.parse_keyed) or {}
+        usage = r.read(p.memory_current, parse.parse_int)
+        spec = self._spec.get(name, functools.partial(_read_spec, p), r)
         return Stats(
             cpu_usage_ns=_usec_to_ns(cpu.get("usage_usec")),
             cpu_user_ns=_usec_to_ns(cpu.get("user_usec")),
@@ -430,39 +466,115 @@ class V2Manager:
             cpu_throttled_ns=_usec_to_ns(cpu.get("throttled_usec")),
             memory_usage=usage,
             # memory.peak exists since 5.19.
-            memory_max_usage=r.read(_j(d, "memory.peak"), parse.parse_int, optional=True),
-            memory_limit=r.read(_j(d, "memory.max"), parse.parse_limit),
+            memory_max_usage=r.read(p.memory_peak, parse.parse_int, optional=True),
+            memory_limit=spec.memory_limit,
             # memory.swap.* exist only with swap accounting compiled in and on.
-            memory_swap_usage=r.read(_j(d, "memory.swap.current"), parse.parse_int, optional=True),
-            memory_swap_limit=r.read(_j(d, "memory.swap.max"), parse.parse_limit, optional=True),
-            # 0 is "no protection": reported as unset, like an unlimited limit.
-            memory_reservation=r.read(_j(d, "memory.low"), parse.parse_limit, optional=True)
-            or None,
-            memory_high=r.read(_j(d, "memory.high"), parse.parse_limit, optional=True),
+            memory_swap_usage=r.read(p.swap_current, parse.parse_int, optional=True),
+            memory_swap_limit=spec.swap_limit,
+            memory_reservation=spec.memory_reservation,
+            memory_high=spec.memory_high,
             memory_rss=mem.get("anon"),
             memory_cache=mem.get("file"),
             memory_mapped_file=mem.get("file_mapped"),
             memory_inactive_file=mem.get("inactive_file"),
             memory_failcnt=None,  # v1 only
-            memory_events=r.read(_j(d, "memory.events"), parse.parse_keyed),
+            memory_events=r.read(p.memory_events, parse.parse_keyed),
             # memory.stat is hierarchical on v2: one number for both scopes.
             memory_pgfault=mem.get("pgfault"),
             memory_pgmajfault=mem.get("pgmajfault"),
             memory_pgfault_hierarchy=mem.get("pgfault"),
             memory_pgmajfault_hierarchy=mem.get("pgmajfault"),
-            processes=r.read(_j(d, "cgroup.procs"), parse.parse_count),
-            pids_current=r.read(_j(d, "pids.current"), parse.parse_int),
-            pids_max=r.read(_j(d, "pids.max"), parse.parse_limit),
-            io=r.read(_j(d, "io.stat"), parse.parse_io_stat),
-            pressure=_fs.read_pressure(r, d),
-            cpu_quota_us=cpu_max[0] if cpu_max else None,
-            cpu_period_us=cpu_max[1] if cpu_max else None,
+            # v2 cgroup.procs restarts its task iterator on a read at offset
+            # 0 (cgroup_procs_start), so a kept fd is fresh (kernel test).
+            processes=r.read(p.procs, parse.parse_count),
+            pids_current=r.read(p.pids_current, parse.parse_int),
+            pids_max=spec.pids_max,
+            io=r.read(p.io_stat, parse.parse_io_stat),
+            pressure=_fs.read_pressure(r, p.directory),
+            cpu_quota_us=spec.cpu_quota_us,
+            cpu_period_us=spec.cpu_period_us,
             # Derived for cAdvisor's container_spec_cpu_shares, which v2 hosts
             # also export (cAdvisor converts the same way).
-            cpu_shares=_weight_to_shares_or_none(weight),
-            cpu_weight=weight,
+            cpu_shares=_weight_to_shares_or_none(spec.cpu_weight),
+            cpu_weight=spec.cpu_weight,
             errors=r.errors,
         )
+
+    def _make_stat_paths(self, name: str) -> _StatPaths:
+        d = self._dir(name)
+        p = _StatPaths(
+            directory=d,
+            cpu_stat=_j(d, "cpu.stat"),
+            memory_stat=_j(d, "memory.stat"),
+            memory_current=_j(d, "memory.current"),
+            memory_peak=_j(d, "memory.peak"),
+            swap_current=_j(d, "memory.swap.current"),
+            memory_events=_j(d, "memory.events"),
+            procs=_j(d, "cgroup.procs"),
+            pids_current=_j(d, "pids.current"),
+            io_stat=_j(d, "io.stat"),
+            cpu_max=_j(d, "cpu.max"),
+            cpu_weight=_j(d, "cpu.weight"),
+            memory_max=_j(d, "memory.max"),
+            swap_max=_j(d, "memory.swap.max"),
+            memory_low=_j(d, "memory.low"),
+            memory_high=_j(d, "memory.high"),
+            pids_max=_j(d, "pids.max"),
+        )
+        self._stat_paths[name] = p
+        return p
+
+
+@dataclass(frozen=True)
+class _StatPaths:
+    """The files stats() reads for one cgroup."""
+
+    directory: str
+    cpu_stat: str
+    memory_stat: str
+    memory_current: str
+    memory_peak: str
+    swap_current: str
+    memory_events: str
+    procs: str
+    pids_current: str
+    io_stat: str
+    cpu_max: str
+    cpu_weight: str
+    memory_max: str
+    swap_max: str
+    memory_low: str
+    memory_high: str
+    pids_max: str
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """The limit files of one cgroup, as stats() reports them (SpecCache)."""
+
+    memory_limit: int | None
+    swap_limit: int | None
+    memory_reservation: int | None
+    memory_high: int | None
+    cpu_quota_us: int | None
+    cpu_period_us: int | None
+    cpu_weight: int | None
+    pids_max: int | None
+
+
+def _read_spec(p: _StatPaths, r: _fs.StatReader) -> _Spec:
+    cpu_max = r.read(p.cpu_max, parse.parse_cpu_max)
+    return _Spec(
+        memory_limit=r.read(p.memory_max, parse.parse_limit),
+        swap_limit=r.read(p.swap_max, parse.parse_limit, optional=True),
+        # 0 is "no protection": reported as unset, like an unlimited limit.
+        memory_reservation=r.read(p.memory_low, parse.parse_limit, optional=True) or None,
+        memory_high=r.read(p.memory_high, parse.parse_limit, optional=True),
+        cpu_quota_us=cpu_max[0] if cpu_max else None,
+        cpu_period_us=cpu_max[1] if cpu_max else None,
+        cpu_weight=r.read(p.cpu_weight, parse.parse_int),
+        pids_max=r.read(p.pids_max, parse.parse_limit),
+    )
 
 
 def _weight_to_shares_or_none(weight: int | None) -> int | None:

@@ -413,7 +413,9 @@ class Zygote:
         except ProcessLookupError:
             return
         try:
-            if not select.select([pidfd], [], [], timeout_s)[0]:
+            poller = select.poll()  # not select(): the daemon's fds may be numbered past 1024
+            poller.register(pidfd, select.POLLIN)
+            if not poller.poll(timeout_s * 1000):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):  # the daemon's reaper got it first
                 os.waitid(os.P_PIDFD, pidfd, os.WEXITED)

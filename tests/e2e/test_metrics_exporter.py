@@ -237,6 +237,80 @@ def test_exported_values_equal_the_cgroup_files(running_daemon: Daemon) -> None:
     assert s.get("nsvisor_container_start_duration_seconds_count", 0) >= 1
 
 
+def _fd_targets(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:
+            continue  # closed meanwhile
+    return out
+
+
+def _collector_pid(daemon_pid: int) -> int:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError):
+            continue
+        if ppid == daemon_pid and b"exporters.collectord" in cmdline:
+            return int(entry)
+    raise AssertionError(f"no collector process under the daemon {daemon_pid}")
+
+
+def test_the_stat_files_kept_open_reach_no_container(running_daemon: Daemon) -> None:
+    """The daemon's collector process (exporters/collectord.py) keeps each
+    running container's cgroup stat files open between scrapes (pread at
+    offset 0). None of them may reach a monitor or a workload, started
+    before or after the scrape: the collector is exec'd with close_fds, its
+    files are O_CLOEXEC, and containers come from the zygote, forked before
+    any of this. A removed container's files are closed at the next scrape."""
+    d = running_daemon
+    assert d.proc is not None
+    cgroup_dir = f"/{d.cgroup_parent}/"
+    d.cli("run", "-d", "--name", "early", d.rootfs, "--", "sleep", "1000")
+    d.wait_for("early", lambda i: i["state"] == "running")
+    # The collector starts with the metrics server; scrapes before it is
+    # ready are rendered in the daemon's thread.
+    deadline = time.monotonic() + 60
+    while True:
+        exposition(d)
+        try:
+            collector = _collector_pid(d.proc.pid)
+        except AssertionError:
+            collector = 0
+        kept = (
+            [t for t in _fd_targets(collector) if f"{cgroup_dir}early/" in t] if collector else []
+        )
+        if len(kept) >= 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(kept) >= 10, (collector, kept)  # it really keeps them
+    d.cli("run", "-d", "--name", "late", d.rootfs, "--", "sleep", "1000")
+    d.wait_for("late", lambda i: i["state"] == "running")
+    exposition(d)
+    for name in ("early", "late"):
+        info = d.inspect(name)
+        for pid in (info["pid"], info["workload_pid"]):
+            leaked = [t for t in _fd_targets(pid) if str(CGROUP_ROOT) in t]
+            assert not leaked, (name, pid, leaked)
+    # The daemon keeps none (a scrape it renders itself, while the collector
+    # starts, opens them per read): only v1 memory.oom_control, memwatch's.
+    held = [t for t in _fd_targets(d.proc.pid) if f"{cgroup_dir}early/" in t]
+    assert [t for t in held if not t.endswith("/memory.oom_control")] == [], held
+    d.cli("rm", "-f", "early")
+    exposition(d)
+    assert _collector_pid(d.proc.pid) == collector  # the same process throughout
+    targets = _fd_targets(collector)
+    assert not [t for t in targets if f"{cgroup_dir}early/" in t]
+    assert [t for t in targets if f"{cgroup_dir}late/" in t]
+
+
 @pytest.mark.skipif(not shutil.which("promtool"), reason="promtool not installed (apt: prometheus)")
 def test_promtool_check_metrics_reports_nothing(running_daemon: Daemon) -> None:
     d = running_daemon

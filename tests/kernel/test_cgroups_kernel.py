@@ -384,3 +384,139 @@ def test_prime_attach_write_is_refused_by_the_kernel(cg: Cgroups) -> None:
     before = _thread_cgroup2()
     assert _fs.prime_attach(unified, f"{cg.parent}/web") is True
     assert _thread_cgroup2() == before
+
+
+# --- stat files kept open between stats() calls (_fs.StatFiles) -------------------
+
+
+READY_AFTER_16M = (
+    "import sys, time\n"
+    "x = bytearray(16 << 20); x[::4096] = b'y' * len(x[::4096])\n"
+    "t = time.process_time()\n"
+    "while time.process_time() - t < 0.2: pass\n"
+    "print('ready', flush=True); sys.stdin.read()\n"
+)
+
+
+def _kept_manager(cg: Cgroups) -> CgroupManager:
+    return open_manager(ROOT, cg.parent, stat_fds=256)
+
+
+def _kept(m: CgroupManager) -> dict[str, int]:
+    return dict(m.stat_files._fds)  # type: ignore[attr-defined]
+
+
+def test_kept_stat_files_show_the_values_of_now(cg: Cgroups) -> None:
+    """pread(fd, n, 0) on a kept cgroup file runs the kernel's show handler
+    again (seq_file resets at offset 0): every value stats() reads through a
+    kept fd moves when the cgroup changes. v1 cgroup.procs is the exception
+    (see the next test), and stats() opens it anew."""
+    m = _kept_manager(cg)
+    try:
+        m.create("web", Limits(memory_max=256 << 20))
+        before = m.stats("web")
+        kept = _kept(m)
+        assert len(kept) >= 10, kept  # the files really are kept
+        assert (before.processes, before.pids_current) == (0, 0)
+        files = m.procs_files("web")
+
+        def join() -> None:
+            for f in files:
+                with open(f, "w") as fh:
+                    fh.write("0")
+
+        p = subprocess.Popen(
+            [sys.executable, "-c", READY_AFTER_16M],
+            preexec_fn=join,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        cg.procs.append(p)
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        now = m.stats("web")
+        assert _kept(m) == kept  # the same fds, re-read
+        assert now.errors == [], now.errors
+        assert (now.processes, now.pids_current) == (1, 1)
+        assert now.memory_usage is not None and now.memory_usage >= 16 << 20
+        assert now.memory_rss is not None and now.memory_rss >= 16 << 20  # memory.stat
+        assert now.cpu_usage_ns is not None and now.cpu_usage_ns >= 200_000_000
+        assert (now.cpu_user_ns or 0) > (before.cpu_user_ns or 0)
+        assert now.memory_max_usage is None or now.memory_max_usage >= 16 << 20
+        assert (now.memory_pgfault or 0) > (before.memory_pgfault or 0)
+        p.stdin.close()  # type: ignore[union-attr]
+        assert p.wait(TIMEOUT_S) == 0
+        after = m.stats("web")
+        assert (after.processes, after.pids_current) == (0, 0)
+        assert after.memory_rss is not None and after.memory_rss < 16 << 20
+    finally:
+        m.close()
+
+
+def test_a_kept_v1_cgroup_procs_fd_is_stale(cg: Cgroups) -> None:
+    """Why stats() opens v1 cgroup.procs anew: its pid list is built on
+    open and reused by later reads of the same open file while it is being
+    read at least once a second (cgroup_pidlist_start). v2's cgroup.procs
+    restarts its task iterator at offset 0."""
+    cg.m.create("web", Limits())
+    procs = find_file(cg, "web", "cgroup.procs")  # v1 pids hierarchy on hybrid
+    fd = os.open(procs, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        assert os.pread(fd, 4096, 0) == b""
+        p = cg.spawn("web", ["sleep", "1000"])
+        kept = os.pread(fd, 4096, 0).split()
+        fresh = _read(procs).split()
+        assert fresh == [str(p.pid).encode()]
+        if cg.m.layout == "v2":
+            assert kept == fresh
+        else:
+            assert kept == [], "the kernel rebuilds the v1 pid list now: stats() may keep it"
+    finally:
+        os.close(fd)
+    assert cg.m.stats("web").processes == 1
+
+
+def test_a_kept_fd_of_a_removed_and_remade_cgroup_is_reopened(cg: Cgroups) -> None:
+    """A removed cgroup's kept files fail with ENODEV, also when a cgroup of
+    the same name is made again: StatFiles opens the new one."""
+    m = _kept_manager(cg)
+    try:
+        cg.m.create("web", Limits())
+        assert m.stats("web").pids_current == 0
+        kept = _kept(m)
+        cg.m.remove("web")  # another manager: m keeps its fds
+        fd = next(iter(kept.values()))
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 4096, 0)
+        assert e.value.errno == errno.ENODEV
+        cg.m.create("web", Limits())
+        cg.spawn("web", ["sleep", "1000"])
+        s = m.stats("web")
+        assert (s.errors, s.pids_current, s.processes) == ([], 1, 1)
+        assert set(_kept(m)) == set(kept)
+    finally:
+        m.close()
+
+
+def test_remove_closes_the_kept_stat_files(cg: Cgroups) -> None:
+    m = _kept_manager(cg)
+    try:
+        m.create("web", Limits())
+        m.create("db", Limits())
+        m.stats("web")
+        m.stats("db")
+        web = [fd for path, fd in _kept(m).items() if "/web/" in path]
+        assert web
+        m.remove("web")
+        assert all("/web/" not in path for path in _kept(m))
+        assert any("/db/" in path for path in _kept(m))
+        mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")}  # fmt: skip
+        assert not [p for p in mine if f"/{cg.parent}/web/" in p]
+    finally:
+        m.close()
+    assert _kept(m) == {}
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
