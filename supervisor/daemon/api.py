@@ -112,10 +112,16 @@ class Api:
         events: EventBus,
         *,
         reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        ready: trio.Event | None = None,
     ) -> None:
         self.m = manager
         self.events = events
         self._reload = reload
+        # Set once every persisted and configured container is registered
+        # (restored, started): until then requests wait, so that no client
+        # sees a daemon without the containers it has (only /v1/version,
+        # the liveness probe, answers at once).
+        self._ready = ready
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self._stats_hub: Any = None  # supervisor.daemon.stats.StatsHub, made on first use
         n = r"(?P<name>[^/]+)"
@@ -156,6 +162,13 @@ class Api:
                 elif msg["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+        if (
+            scope["type"] in ("http", "websocket")
+            and self._ready is not None
+            and not self._ready.is_set()
+            and scope.get("path") != "/v1/version"
+        ):
+            await self._ready.wait()
         if scope["type"] == "websocket":
             match = re.match(
                 r"/v1/containers/(?P<name>[^/]+)/(?P<kind>exec|attach)$", scope["path"]

@@ -284,7 +284,7 @@ class Daemon:
         config.graceful_timeout = 1.0
         config.keep_alive_timeout = 60.0
         config.h2_max_concurrent_streams = 1000
-        api = Api(self.manager, self.events, reload=self.reload)
+        api = Api(self.manager, self.events, reload=self.reload, ready=self.ready)
         try:
             async with trio.open_nursery() as n:
                 # root peers only (SO_PEERCRED), on top of the 0600 mode
