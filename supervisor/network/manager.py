@@ -496,12 +496,18 @@ class NetworkManager:
             if a.network in self.networks
         }
         removed = []
-        for name in nl.link_names():
+        links = nl.link_names()
+        for name in links:
             if model.owned_link(self.prefix, name) and name not in keep_links:
                 nl.delete_link(name)
                 removed.append(name)
         default_bridge = self._fixed[model.DEFAULT_NETWORK].bridge
-        if default_bridge not in keep_links and nl.delete_link(default_bridge):
+        if (
+            default_bridge in links
+            and default_bridge not in keep_links
+            and default_bridge not in removed
+            and nl.delete_link(default_bridge)
+        ):
             removed.append(default_bridge)
         ns_dir = os.path.join(self.dir, "netns")
         for entry in sorted(os.listdir(ns_dir)) if os.path.isdir(ns_dir) else []:

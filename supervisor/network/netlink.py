@@ -23,10 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from supervisor.errors import KernelError
+from supervisor.network._pyroute2 import pyroute2
 from supervisor.network.model import IFGROUP
 from supervisor.runtime import linux
 
@@ -74,7 +72,7 @@ def create_netns(path: str) -> None:
         linux.mount(
             f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None, linux.MS_BIND
         )
-        with IPRoute() as ipr:
+        with pyroute2.IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
     try:
@@ -106,7 +104,7 @@ def _lookup(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def _kernel_error(what: str, exc: NetlinkError) -> KernelError:
+def _kernel_error(what: str, exc: pyroute2.NetlinkError) -> KernelError:
     return KernelError(f"{what}: {os.strerror(exc.code)}", errno=exc.code)
 
 
@@ -114,7 +112,7 @@ def ensure_bridge(name: str, address: str, prefixlen: int, mtu: int) -> None:
     """The bridge with its gateway address, in nsvisor's interface group, up;
     route_localnet on it so DNAT of 127.0.0.1 to a container is routed (only
     this interface's sysctl). Idempotent."""
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         try:
             idx = _lookup(ipr, name)
             if idx is None:
@@ -128,7 +126,7 @@ def ensure_bridge(name: str, address: str, prefixlen: int, mtu: int) -> None:
             }
             if (address, prefixlen) not in have:
                 ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
-        except NetlinkError as exc:
+        except pyroute2.NetlinkError as exc:
             raise _kernel_error(f"bridge {name}", exc) from None
     with open(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "w") as f:
         f.write("1")
@@ -137,13 +135,13 @@ def ensure_bridge(name: str, address: str, prefixlen: int, mtu: int) -> None:
 def delete_link(name: str) -> bool:
     """Delete an interface by name if it exists (deleting one end of a veth
     deletes both). True when something was deleted."""
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         idx = _lookup(ipr, name)
         if idx is None:
             return False
         try:
             ipr.link("del", index=idx)
-        except NetlinkError as exc:
+        except pyroute2.NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return False
             raise _kernel_error(f"delete {name}", exc) from None
@@ -151,7 +149,7 @@ def delete_link(name: str) -> bool:
 
 
 def bridge_ports(name: str) -> list[str]:
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         idx = _lookup(ipr, name)
         if idx is None:
             return []
@@ -163,14 +161,14 @@ def bridge_ports(name: str) -> list[str]:
 
 
 def link_names() -> list[str]:
-    with IPRoute() as ipr:
-        return [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+    """The host's interfaces, from sysfs (no netlink socket, no pyroute2)."""
+    return sorted(os.listdir("/sys/class/net"))
 
 
 def host_subnets() -> list[ipaddress.IPv4Network]:
     """The IPv4 subnets of every address on the host (overlap checks)."""
     out = []
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         for a in ipr.get_addr(family=2):
             out.append(
                 ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
@@ -197,7 +195,7 @@ def attach(ep: Endpoint) -> None:
     """veth pair: the host end on the bridge, the other moved into the
     container's namespace, renamed eth0, with its address, MAC, MTU and the
     default route via the bridge. Undone (the veth deleted) on failure."""
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         try:
             for stale in (ep.host_if, ep.peer_tmp):
                 idx = _lookup(ipr, stale)
@@ -216,12 +214,12 @@ def attach(ep: Endpoint) -> None:
                 ipr.link("set", index=peer, net_ns_fd=fd)
             finally:
                 os.close(fd)
-        except NetlinkError as exc:
+        except pyroute2.NetlinkError as exc:
             delete_link(ep.host_if)
             raise _kernel_error(f"veth {ep.host_if}", exc) from None
 
     def inside() -> None:
-        with IPRoute() as ipr:
+        with pyroute2.IPRoute() as ipr:
             idx = _lookup(ipr, ep.peer_tmp)
             assert idx is not None
             ipr.link("set", index=idx, ifname="eth0", address=ep.mac, mtu=ep.mtu)
@@ -234,7 +232,7 @@ def attach(ep: Endpoint) -> None:
 
     try:
         _in_thread(inside, ep.netns_path)
-    except NetlinkError as exc:
+    except pyroute2.NetlinkError as exc:
         delete_link(ep.host_if)
         raise _kernel_error(f"eth0 of {ep.netns_path}", exc) from None
     except BaseException:

@@ -25,10 +25,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from supervisor.errors import KernelError
+from supervisor.network._pyroute2 import pyroute2
 
 TC_H_ROOT_HANDLE = 0x10000  # "1:"
 TC_H_INGRESS = 0xFFFF0000  # "ffff:"
@@ -112,12 +110,12 @@ def tbf_for(bits: int) -> Tbf:
     return Tbf(rate, max(rate // 50, MIN_BURST))
 
 
-def _lookup(ipr: IPRoute, name: str) -> int | None:
+def _lookup(ipr: pyroute2.IPRoute, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return int(found[0]) if found else None
 
 
-def _error(what: str, exc: NetlinkError) -> KernelError:
+def _error(what: str, exc: pyroute2.NetlinkError) -> KernelError:
     hint = (
         "the kernel lacks a traffic-control module (sch_tbf, sch_ingress, cls_u32, act_mirred, ifb)"
         if exc.code in (errno.ENOENT, errno.EOPNOTSUPP)
@@ -129,7 +127,7 @@ def _error(what: str, exc: NetlinkError) -> KernelError:
 def apply(host_if: str, rate_in: int | None, rate_out: int | None) -> None:
     """Shape a container's veth (see the module doc). Replaces what is there,
     so a restart with other rates needs no clean-up first."""
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         idx = _lookup(ipr, host_if)
         if idx is None:
             raise KernelError(f"network rate: no interface {host_if}", errno=errno.ENODEV)
@@ -145,7 +143,7 @@ def apply(host_if: str, rate_in: int | None, rate_out: int | None) -> None:
                     burst=t.burst,
                     latency=LATENCY,
                 )
-            except NetlinkError as exc:
+            except pyroute2.NetlinkError as exc:
                 raise _error(f"tbf on {host_if}", exc) from None
         if rate_out is None:
             return
@@ -170,7 +168,7 @@ def apply(host_if: str, rate_in: int | None, rate_out: int | None) -> None:
             # A fresh ingress qdisc: deleting it drops any filter of an earlier call.
             try:
                 ipr.tc("del", "ingress", idx, TC_H_INGRESS)
-            except NetlinkError as exc:
+            except pyroute2.NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.EINVAL):
                     raise
             ipr.tc("add", "ingress", idx, TC_H_INGRESS)
@@ -190,7 +188,7 @@ def apply(host_if: str, rate_in: int | None, rate_out: int | None) -> None:
                     "ifindex": ifb_idx,
                 },
             )
-        except NetlinkError as exc:
+        except pyroute2.NetlinkError as exc:
             with_cleanup = _error(f"ifb {ifb} for {host_if}", exc)
             remove(host_if)
             raise with_cleanup from None
@@ -198,13 +196,13 @@ def apply(host_if: str, rate_in: int | None, rate_out: int | None) -> None:
 
 def remove(host_if: str) -> None:
     """Delete the container's ifb, if any (the veth's qdiscs go with the veth)."""
-    with IPRoute() as ipr:
+    with pyroute2.IPRoute() as ipr:
         idx = _lookup(ipr, ifb_name(host_if))
         if idx is None:
             return
         try:
             ipr.link("del", index=idx)
-        except NetlinkError as exc:
+        except pyroute2.NetlinkError as exc:
             if exc.code != errno.ENODEV:
                 raise _error(f"delete {ifb_name(host_if)}", exc) from None
 
@@ -214,14 +212,16 @@ def reconcile(prefix: str, keep: Iterable[str]) -> list[str]:
     daemon killed while containers ran). Returns the names deleted."""
     wanted = {ifb_name(v) for v in keep}
     deleted: list[str] = []
-    with IPRoute() as ipr:
+    if not any(is_ifb_of(prefix, n) and n not in wanted for n in os.listdir("/sys/class/net")):
+        return deleted  # nothing to delete: no netlink socket (nor pyroute2) needed
+    with pyroute2.IPRoute() as ipr:
         for link in ipr.get_links():
             name = str(link.get_attr("IFLA_IFNAME"))
             if is_ifb_of(prefix, name) and name not in wanted:
                 try:
                     ipr.link("del", index=link["index"])
                     deleted.append(name)
-                except NetlinkError as exc:
+                except pyroute2.NetlinkError as exc:
                     if exc.code != errno.ENODEV:
                         raise _error(f"delete {name}", exc) from None
     return deleted
