@@ -102,8 +102,10 @@ def test_cgroup_namespace_root_is_the_containers_cgroup(launcher: Launcher, tmp_
         if "/sys/fs/cgroup/pids" in "".join(created):
             assert any(line.endswith(":pids:/") for line in lines), r.stdout
     finally:
+        from supervisor.cgroups._fs import rmdir_retry
+
         for path in created:
-            os.rmdir(path)
+            rmdir_retry(path, 10.0)  # EBUSY for a moment after the last exit
 
 
 def test_mountinfo_has_only_the_containers_mounts(launcher: Launcher) -> None:
