@@ -71,6 +71,8 @@ STATVFS_TO_MS: tuple[tuple[int, int], ...] = (
 )
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
+SECCOMP_SET_MODE_FILTER = 1
 # The new mount API (same numbers on every architecture since 5.2/5.12).
 _SYS_OPEN_TREE = 428
 _SYS_MOVE_MOUNT = 429
@@ -223,6 +225,28 @@ def set_fs_ids(uid: int, gid: int) -> None:
     now_gid = _libc.setfsgid(ctypes.c_uint(0xFFFFFFFF)) & 0xFFFFFFFF
     if (now_uid, now_gid) != (uid, gid):
         raise OSError(1, f"setfsuid/setfsgid {uid}/{gid}: refused")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_mode_filter(program: bytes) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER, 0, program): install a raw BPF program
+    (8-byte sock_filter instructions) in this thread. Resolved at import: it
+    runs after pivot_root, when no library could be opened."""
+    nr = _SYS_SECCOMP.get(platform.machine())
+    if nr is None:
+        raise OSError(38, f"seccomp: no syscall number for {platform.machine()}")
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    ret = _libc.syscall(
+        ctypes.c_long(nr),
+        ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+        ctypes.c_long(0),
+        ctypes.byref(prog),
+    )
+    _check(ret, "seccomp(SECCOMP_SET_MODE_FILTER)")
 
 
 def unshare(flags: int) -> None:

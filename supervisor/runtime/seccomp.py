@@ -39,8 +39,6 @@ exactly as before.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -54,6 +52,7 @@ from typing import Any
 import pyseccomp
 
 from supervisor.errors import NsvisorError
+from supervisor.runtime import linux
 
 DEFAULT = "default"
 UNCONFINED = "unconfined"
@@ -532,25 +531,6 @@ def profile_for(setting: str) -> dict[str, Any] | None:
 _SCMP_FLTATR_CTL_NNP = 3
 
 # seccomp(2) and the struct sock_fprog it takes.
-_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
-SECCOMP_SET_MODE_FILTER = 1
-_PR_SET_NO_NEW_PRIVS = 38
-# Loaded now: install() runs after pivot_root, when no library can be opened.
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.argtypes = [
-    ctypes.c_int,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
 def _libseccomp_filter(flt: Filter) -> pyseccomp.SyscallFilter:
     """The libseccomp filter of a compiled profile.
 
@@ -602,23 +582,8 @@ def load_bpf(program: bytes) -> None:
     """Install a BPF program in this thread with seccomp(SECCOMP_SET_MODE_FILTER),
     flags 0, as seccomp_load does; no_new_privs is set first, as libseccomp
     does by default (the workload has set it already: a no-op then)."""
-    nr = _SYS_SECCOMP.get(platform.machine())
-    if nr is None:
-        raise OSError(errno.ENOSYS, f"seccomp: no syscall number for {platform.machine()}")
-    if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
-    ret = _libc.syscall(
-        ctypes.c_long(nr),
-        ctypes.c_long(SECCOMP_SET_MODE_FILTER),
-        ctypes.c_long(0),
-        ctypes.byref(prog),
-    )
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(err)}")
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+    linux.seccomp_set_mode_filter(program)
 
 
 def load(flt: Filter) -> None:

@@ -66,11 +66,7 @@ def create_userns(idmap: IdMap) -> int:
         for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
             path = f"/proc/{host_pid}/{name}"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, text.encode())
-                finally:
-                    os.close(fd)
+                _write(path, text)
             except OSError as e:
                 raise OSError(
                     e.errno, f"write {name} {text.strip()!r}: {os.strerror(e.errno or 0)}"
@@ -82,6 +78,15 @@ def create_userns(idmap: IdMap) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def _write(path: str, text: str) -> None:
+    """One write(2) of the whole text: id maps and sysctls take no partial writes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def enter(userns_fd: int) -> None:
@@ -165,8 +170,4 @@ def allow_unprivileged_net(in_host_netns: bool) -> None:
         ("net/ipv4/ip_unprivileged_port_start", "0"),
         ("net/ipv4/ping_group_range", "0 2147483647"),
     ):
-        fd = os.open(f"/proc/sys/{key}", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
+        _write(f"/proc/sys/{key}", value)
