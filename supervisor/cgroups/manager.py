@@ -42,13 +42,6 @@ class CgroupManager(Protocol):
         """Every cgroup.procs file a process writes "0" into to join."""
         ...
 
-    def prime_attach(self, name: str) -> None:
-        """Best effort, never raises, moves nothing: take the kernel's cgroup
-        attach lock once so that a process joining this cgroup within the
-        next RCU grace period does not wait for one (_fs.prime_attach). Call
-        from a worker thread right before launching a process that joins."""
-        ...
-
     def path(self, name: str) -> str:
         """The cgroup id, the same in every hierarchy, e.g. "/nsvisor/web"."""
         ...

@@ -509,13 +509,6 @@ class V1Manager:
     def procs_files(self, name: str) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self._dirs(name)]
 
-    def prime_attach(self, name: str) -> None:
-        # The v1 hierarchies are joined without the lock (a single thread
-        # writing "0" into tasks); only the cgroup2 one needs it.
-        _fs.validate_name(name)
-        if self.unified is not None:
-            _fs.prime_attach(self.unified, f"{self.parent}/{name}")
-
     def path(self, name: str) -> str:
         _fs.validate_name(name)
         return f"/{self.parent}/{name}"

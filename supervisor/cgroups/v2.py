@@ -362,10 +362,6 @@ class V2Manager:
     def procs_files(self, name: str) -> list[str]:
         return [_j(self._dir(name), "cgroup.procs")]
 
-    def prime_attach(self, name: str) -> None:
-        _fs.validate_name(name)
-        _fs.prime_attach(self.root, f"{self.parent}/{name}")
-
     def path(self, name: str) -> str:
         _fs.validate_name(name)
         return f"/{self.parent}/{name}"

@@ -16,9 +16,8 @@ import os
 import secrets
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -196,7 +195,6 @@ class ContainerManager:
         # Exporter hooks: read by the metrics thread, written here.
         self.start_durations = StartDurations()
         self.memwatch = MemoryWatch(cgroups, events)
-        self._primer = AttachPrimer(cgroups)
         self._nursery: trio.Nursery | None = None
 
     # ---- lookup -------------------------------------------------------------
@@ -435,20 +433,17 @@ class ContainerManager:
                 os.unlink(c.exit_path)
             t0 = time.monotonic()
             net_path, net_files = await self._network_for(c)
-            # The workload's cgroup join would wait for an RCU grace period
-            # (cgroups.prime_attach): it passes while the zygote forks.
-            with self._primer.priming(c.name):
-                launched: Launched = await self.zygote.launch(
-                    translate.launch_spec_for(
-                        c.spec,
-                        self.cgroups,
-                        c.log_path,
-                        c.exit_path,
-                        net_path=net_path,
-                        net_files=net_files,
-                        idmap=c.idmap,
-                    )
+            launched: Launched = await self.zygote.launch(
+                translate.launch_spec_for(
+                    c.spec,
+                    self.cgroups,
+                    c.log_path,
+                    c.exit_path,
+                    net_path=net_path,
+                    net_files=net_files,
+                    idmap=c.idmap,
                 )
+            )
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await self._network_detach(c)
@@ -678,8 +673,7 @@ class ContainerManager:
             target_pid=run.workload_pid,
             target_starttime=run.workload_starttime,
         )
-        with self._primer.priming(c.name):  # its cgroup join, as a launch's
-            session = await execs.ExecSession.start(self.zygote, spec, stdio)
+        session = await execs.ExecSession.start(self.zygote, spec, stdio)
         self.events.publish("exec_start", c.name, pid=session.pid, command=list(req.argv))
         return session
 
@@ -1055,64 +1049,6 @@ class ContainerManager:
             await self.stop(name)
         except Exception as exc:
             log.error("container.stop_failed", container=name, error=str(exc))
-
-
-class AttachPrimer:
-    """Keeps the kernel's cgroup attach lock primed while launches are in
-    flight, from one thread for all of them.
-
-    The first cgroup.procs write after a quiet spell waits for an RCU grace
-    period (6-20 ms here); a write within about one grace period of another
-    writer does not. The thread calls cgroups.prime_attach (a write that takes
-    the lock and moves nothing) at once, so the grace period passes while the
-    zygote forks the monitor and the workload, then every PRIME_EVERY_S so
-    that the workload's join, whenever it comes, is within the window. It
-    stops when no launch is in flight (or after MAX_S of one launch)."""
-
-    PRIME_EVERY_S = 0.003
-    MAX_S = 2.0
-
-    def __init__(self, cgroups: CgroupManager) -> None:
-        self.cgroups = cgroups
-        self._cond = threading.Condition()
-        self._active: dict[int, tuple[str, float]] = {}
-        self._next_id = 0
-        self._thread: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def priming(self, name: str) -> Iterator[None]:
-        with self._cond:
-            self._next_id += 1
-            key = self._next_id
-            self._active[key] = (name, time.monotonic() + self.MAX_S)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="cgroup-attach-primer", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                del self._active[key]
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                now = time.monotonic()
-                live = [name for name, until in self._active.values() if until > now]
-                if not live:
-                    self._cond.wait(None if not self._active else 0.1)
-                    continue
-            # Outside the lock: the first write of a quiet spell blocks for
-            # the grace period. Any cgroup of ours will do; the newest one.
-            try:
-                self.cgroups.prime_attach(live[-1])
-            except Exception as exc:  # best effort: never the end of this thread
-                log.warning("cgroup.prime_failed", error=repr(exc))
-            with self._cond:
-                self._cond.wait(self.PRIME_EVERY_S)
 
 
 def _resume_task(mgr: ContainerManager, c: Container) -> Callable[..., Any]:

@@ -62,6 +62,7 @@ from supervisor.runtime.workload import (
     EXIT_SETUP_FAILED,
     drop_privileges,
     execvpe,
+    fork_into_cgroup,
 )
 
 EXEC_MAGIC = b"EXEC\n"
@@ -227,9 +228,9 @@ def _shim(spec_json: bytes) -> NoReturn:
             os.close(pid_fd)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        child = os.fork()
+        child, join = fork_into_cgroup(spec.cgroup_procs)
         if child == 0:
-            _exec_child(spec, namespaces, err_w)
+            _exec_child(spec, join, namespaces, err_w)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
         os.close(err_w)
         for _, fd, _ in namespaces:
@@ -279,7 +280,10 @@ def _host_uid(pid: int, uid: int) -> int:
     raise OSError(errno.EINVAL, f"uid {uid} is not mapped in the container's user namespace")
 
 
-def _exec_child(spec: ExecSpec, namespaces: list[tuple[str, int, int]], errfd: int) -> NoReturn:
+def _exec_child(
+    spec: ExecSpec, join: tuple[str, ...], namespaces: list[tuple[str, int, int]], errfd: int
+) -> NoReturn:
+    """join: the cgroup files left to write (fork_into_cgroup)."""
     code = EXIT_SETUP_FAILED
     step = "set up"
     try:
@@ -298,7 +302,7 @@ def _exec_child(spec: ExecSpec, namespaces: list[tuple[str, int, int]], errfd: i
             # workload), a host id when the container has a user namespace.
             os.fchown(0, _host_uid(spec.target_pid, spec.uid), -1)
         step = "join the container's cgroup"
-        for path in spec.cgroup_procs:
+        for path in join:
             with open(path, "w") as f:
                 f.write("0")
         for name, fd, flag in namespaces:

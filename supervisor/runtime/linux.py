@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import signal
 
 # --- constants (linux/include/uapi/linux/sched.h, mount.h, prctl.h) ---------
 
@@ -294,6 +295,65 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+# clone3(2): fork(2) with flags. Python has no clone, so through ctypes,
+# bracketed by PyOS_BeforeFork / PyOS_AfterFork_* exactly as os.fork()
+# brackets fork(2) (the import lock, os.register_at_fork hooks, the
+# interpreter's thread state). The GIL stays held (PyDLL). Only from a
+# single-threaded process.
+_SYS_CLONE3 = 435
+CLONE_PIDFD = 0x1000
+CLONE_PARENT = 0x8000
+CLONE_INTO_CGROUP = 0x200000000
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("pidfd", ctypes.c_uint64),
+        ("child_tid", ctypes.c_uint64),
+        ("parent_tid", ctypes.c_uint64),
+        ("exit_signal", ctypes.c_uint64),
+        ("stack", ctypes.c_uint64),
+        ("stack_size", ctypes.c_uint64),
+        ("tls", ctypes.c_uint64),
+        ("set_tid", ctypes.c_uint64),
+        ("set_tid_size", ctypes.c_uint64),
+        ("cgroup", ctypes.c_uint64),
+    ]
+
+
+_pylibc = ctypes.PyDLL(None, use_errno=True)
+_pylibc.syscall.restype = ctypes.c_long
+
+
+def clone3(flags: int, cgroup_fd: int | None = None) -> tuple[int, int]:
+    """(pid, pidfd) in the parent, (0, -1) in the child; pidfd is -1 without
+    CLONE_PIDFD in flags. cgroup_fd: a cgroup2 directory the child starts in
+    (CLONE_INTO_CGROUP): no cgroup.procs write, so none of the RCU grace
+    period such a write waits for after a quiet spell."""
+    pidfd = ctypes.c_int(-1)
+    args = _CloneArgs(
+        flags=flags | (CLONE_INTO_CGROUP if cgroup_fd is not None else 0),
+        pidfd=ctypes.addressof(pidfd),
+        # With CLONE_PARENT the child takes our own exit signal (SIGCHLD to
+        # our parent); clone3 refuses one given alongside.
+        exit_signal=0 if flags & CLONE_PARENT else signal.SIGCHLD,
+        cgroup=cgroup_fd if cgroup_fd is not None else 0,
+    )
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _pylibc.syscall(
+        ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
+    )
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0, -1
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3: {os.strerror(err)}")
+    return pid, pidfd.value
 
 
 def pidfd_open(pid: int) -> int:

@@ -12,8 +12,8 @@
  *   out=N err=N  read ends of the workload's stdout/stderr pipes
  *   exec=N       the workload's exec-result pipe: "P<host pid>\n", then
  *                "E<code> <message>" on failure; EOF at execve
- *   sync=N       write end of the gate: one byte releases the workload, which
- *                exits (125) on EOF without it
+ *   sync=N       write end of the gate: one byte lets the workload execve (it
+ *                sets the container up meanwhile); it exits (125) on EOF
  *   console=N    the socketpair end the pty master arrives on (tty), or -1
  *   stdin=N      write end of the workload's stdin pipe (stdin, no tty), or -1
  *   workload=PID, private_pidns=0|1, tty=0|1, stdin_open=0|1,
@@ -289,8 +289,8 @@ static void send_error(const char *fmt, ...)
 }
 
 /* Set-up failed before the loop: report like the Python monitor did
- * ("monitor failed: ...") and exit 255. The workload, still at the gate,
- * sees EOF on the sync pipe and exits. */
+ * ("monitor failed: ...") and exit 255. The workload, at the gate before its
+ * execve, sees EOF on the sync pipe and exits. */
 static void die(const char *what)
 {
     send_error("monitor failed: %s: %s", what, strerror(errno));

@@ -5,8 +5,9 @@ Two stages in the same process (same pid, PID 1 of the container's pid
 namespace, in the host mount namespace):
 
 1. Python (this module), cloned by the zygote: forks the workload
-   (supervisor.runtime.workload.exec_workload, held at a gate until the
-   monitor is ready), then execve()s
+   (supervisor.runtime.workload.exec_workload: it sets the container up
+   meanwhile and waits at a gate before execve until the monitor is ready),
+   then execve()s
 2. nsvisor-monitor (monitor.c, built by deploy/setup.sh), which does the
    rest for the container's whole life: reports "started"/"error" on the
    launch socket, forwards signals, reaps every child, kills the rest when
@@ -35,6 +36,7 @@ dropped; beyond 256 KiB of unwritten input clients are not read.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -47,14 +49,12 @@ from typing import NoReturn
 from supervisor.errors import NsvisorError
 from supervisor.runtime import linux
 from supervisor.runtime.spec import LaunchSpec
-from supervisor.runtime.workload import exec_workload
+from supervisor.runtime.workload import exec_workload, fork_into_cgroup
 
 MONITOR_SOURCE = Path(__file__).with_name("monitor.c")
 MONITOR_BINARY = Path(__file__).with_name("nsvisor-monitor")
 # An attach client this far behind is dropped (monitor.c CLIENT_BUFFER).
 CLIENT_BUFFER = 1 << 20
-# The workload exits with this when the monitor never released it.
-_GATE_CLOSED = 125
 
 Workload = Callable[..., NoReturn]
 
@@ -140,23 +140,22 @@ def run_monitor(
             console_ours, console_theirs = a.detach(), b.detach()
         elif spec.stdin:
             stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        pid, join = fork_into_cgroup(spec.cgroup_procs)
         if pid == 0:
-            # The workload: waits at the gate until the monitor has its
-            # signals, the attach socket and the OOM baseline; without the
-            # go-ahead (the monitor failed) it never starts.
+            # The workload: sets the container up while the monitor starts,
+            # then waits at the gate (workload.GATE_FD) until the monitor has
+            # its signals, the attach socket and the OOM baseline; without
+            # the go-ahead (the monitor failed) it never execs.
             for fd in (out_r, err_r, exec_r, gate_w, params_r, params_w, stdin_w, console_ours):
                 if fd >= 0:
                     os.close(fd)
             sock.close()
-            if os.read(gate_r, 1) != b"G":
-                os._exit(_GATE_CLOSED)
-            os.close(gate_r)
             workload(
-                spec,
+                dataclasses.replace(spec, cgroup_procs=join),
                 exec_w,
                 out_w,
                 err_w,
+                gate_fd=gate_r,
                 stdin_fd=stdin_r if stdin_r >= 0 else None,
                 console_fd=console_theirs if console_theirs >= 0 else None,
             )

@@ -530,6 +530,7 @@ def profile_for(setting: str) -> dict[str, Any] | None:
 
 _SCMP_FLTATR_CTL_NNP = 3
 
+
 # seccomp(2) and the struct sock_fprog it takes.
 def _libseccomp_filter(flt: Filter) -> pyseccomp.SyscallFilter:
     """The libseccomp filter of a compiled profile.

@@ -404,14 +404,47 @@ def apply(
 # --- the steps before exec ---------------------------------------------------
 
 
+def _is_v1(procs_file: str) -> bool:
+    return os.path.exists(os.path.join(os.path.dirname(procs_file), "tasks"))
+
+
+def fork_into_cgroup(cgroup_procs: Sequence[str]) -> tuple[int, tuple[str, ...]]:
+    """fork(2), the child started in the container's cgroup2 cgroup when it
+    has one (clone3 CLONE_INTO_CGROUP, kernel 5.7+): (pid, the cgroup files
+    the child must still join), pid 0 in the child. Joining by a write to
+    cgroup.procs takes the kernel's threadgroup lock, whose first writer
+    after a quiet spell waits for an RCU grace period (5-20 ms here); a
+    child cloned into the cgroup takes none of it. The v1 hierarchies of a
+    hybrid host are still joined by writes (cheap ones: _join_cgroups).
+    Where the clone is refused (an older kernel), a plain fork and all of
+    them by writes."""
+    unified = [p for p in cgroup_procs if not _is_v1(p)]
+    if len(unified) == 1:
+        try:
+            fd = os.open(os.path.dirname(unified[0]), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            pass
+        else:
+            try:
+                pid, _ = linux.clone3(0, cgroup_fd=fd)
+            except OSError:
+                pass
+            else:
+                return pid, tuple(p for p in cgroup_procs if p != unified[0])
+            finally:
+                os.close(fd)
+    return os.fork(), tuple(cgroup_procs)
+
+
 def _join_cgroups(spec: LaunchSpec) -> None:
     # A v1 hierarchy (it has a tasks file) is joined through tasks: "0" there
     # moves only this thread, the workload's only one, and skips the lock
-    # whose first writer after a quiet spell waits for an RCU grace period;
-    # cgroup.procs (cgroup2) takes it (the daemon primes it: prime_attach).
+    # whose first writer after a quiet spell waits for an RCU grace period.
+    # The cgroup2 one is joined at the fork (fork_into_cgroup), or here where
+    # that was refused.
     for path in spec.cgroup_procs:
         tasks = os.path.join(os.path.dirname(path), "tasks")
-        with open(tasks if os.path.exists(tasks) else path, "w") as f:
+        with open(tasks if _is_v1(path) else path, "w") as f:
             f.write("0")
 
 
@@ -538,6 +571,20 @@ def drop_privileges(
     linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
 
 
+# The workload's end of the gate (after the error pipe, 3, and the console
+# socket, 4): one byte from nsvisor-monitor once it has its signals, the
+# attach socket and the OOM baseline. The set-up runs meanwhile; only execve
+# waits. EOF (the monitor failed) ends the workload with GATE_CLOSED.
+GATE_FD = CONSOLE_FD + 1
+GATE_CLOSED = 125
+
+
+def _gate(spec: LaunchSpec) -> None:
+    if os.read(GATE_FD, 1) != b"G":
+        os._exit(GATE_CLOSED)
+    os.close(GATE_FD)
+
+
 def _seccomp(spec: LaunchSpec) -> None:
     """The last step before execve: after no_new_privs (set in _privileges), so
     an unprivileged workload may install it and it binds everything exec'd."""
@@ -570,6 +617,8 @@ WORKLOAD_STEPS: tuple[tuple[str, Callable[[LaunchSpec], None]], ...] = (
     ("set rlimits and oom_score_adj", _resources),
     ("enter the user namespace", _enter_userns),
     ("drop privileges", _privileges),
+    # Last before seccomp: a profile might refuse read(2).
+    ("wait for the monitor", _gate),
     ("load the seccomp profile", _seccomp),
 )
 
@@ -615,14 +664,16 @@ def exec_workload(
     stdout_fd: int,
     stderr_fd: int,
     *,
+    gate_fd: int,
     stdin_fd: int | None = None,
     console_fd: int | None = None,
 ) -> NoReturn:
     """Set up the container around this process and exec the command.
     Signals must be blocked by the caller around the fork (they are unblocked
-    here once the dispositions are back to default). stdin_fd: the workload's
-    stdin (default /dev/null); console_fd: the socket the pty master goes to
-    with spec.tty (supervisor.runtime.console)."""
+    here once the dispositions are back to default). gate_fd: read end of the
+    gate (GATE_FD); stdin_fd: the workload's stdin (default /dev/null);
+    console_fd: the socket the pty master goes to with spec.tty
+    (supervisor.runtime.console)."""
     code = EXIT_SETUP_FAILED
     try:
         signal.set_wakeup_fd(-1)
@@ -637,6 +688,7 @@ def exec_workload(
         # stdio first, then nothing of the monitor's survives but the error pipe.
         if console_fd is not None:  # out of the way of the dup2s below
             console_fd = fcntl.fcntl(console_fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        gate_fd = fcntl.fcntl(gate_fd, fcntl.F_DUPFD_CLOEXEC, 100)
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull if stdin_fd is None else stdin_fd, 0)
         os.dup2(stdout_fd, 1)
@@ -645,7 +697,10 @@ def exec_workload(
         errfd = 3
         if console_fd is not None:
             os.dup2(console_fd, CONSOLE_FD, inheritable=False)
-        linux.close_range(CONSOLE_FD + 1 if console_fd is not None else 4)
+        else:
+            linux.close_range(CONSOLE_FD, CONSOLE_FD)
+        os.dup2(gate_fd, GATE_FD, inheritable=False)
+        linux.close_range(GATE_FD + 1)
         _report(errfd, f"P{os.readlink('/proc/self')}\n")
         for step, fn in WORKLOAD_STEPS:
             try:

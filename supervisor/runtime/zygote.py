@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -145,54 +144,10 @@ def _send(sock: socket.socket, event: dict[str, object], fds: list[int] | None =
 
 # clone3(2): one system call makes the container's first process, already in
 # its new pid namespace, already the daemon's child (CLONE_PARENT), with its
-# pidfd (CLONE_PIDFD). Python has no clone, so through ctypes, bracketed by
-# PyOS_BeforeFork / PyOS_AfterFork_* exactly as os.fork() brackets fork(2)
-# (the import lock, os.register_at_fork hooks, the interpreter's thread
-# state). The GIL stays held (PyDLL). Only from a single-threaded process.
-_SYS_CLONE3 = 435
-_CLONE_PIDFD = 0x1000
-_CLONE_PARENT = 0x8000
-
-
-class _CloneArgs(ctypes.Structure):
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("pidfd", ctypes.c_uint64),
-        ("child_tid", ctypes.c_uint64),
-        ("parent_tid", ctypes.c_uint64),
-        ("exit_signal", ctypes.c_uint64),
-        ("stack", ctypes.c_uint64),
-        ("stack_size", ctypes.c_uint64),
-        ("tls", ctypes.c_uint64),
-    ]
-
-
-_pylibc = ctypes.PyDLL(None, use_errno=True)
-_pylibc.syscall.restype = ctypes.c_long
-
-
+# pidfd (CLONE_PIDFD).
 def _clone(flags: int) -> tuple[int, int]:
     """fork(2) with clone flags: (pid, pidfd) in the parent, (0, -1) in the child."""
-    pidfd = ctypes.c_int(-1)
-    args = _CloneArgs(
-        flags=flags | _CLONE_PIDFD,
-        pidfd=ctypes.addressof(pidfd),
-        # With CLONE_PARENT the child takes our own exit signal (SIGCHLD to
-        # our parent); clone3 refuses one given alongside.
-        exit_signal=0 if flags & _CLONE_PARENT else signal.SIGCHLD,
-    )
-    ctypes.pythonapi.PyOS_BeforeFork()
-    pid = _pylibc.syscall(
-        ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))
-    )
-    if pid == 0:
-        ctypes.pythonapi.PyOS_AfterFork_Child()
-        return 0, -1
-    err = ctypes.get_errno()
-    ctypes.pythonapi.PyOS_AfterFork_Parent()
-    if pid < 0:
-        raise OSError(err, f"clone3: {os.strerror(err)}")
-    return pid, pidfd.value
+    return linux.clone3(flags | linux.CLONE_PIDFD)
 
 
 def _first_process(spec: LaunchSpec, sock_fd: int) -> NoReturn:
@@ -217,7 +172,7 @@ def _spawn_monitor(spec_json: bytes, sock_fd: int, *, reparent: bool) -> None:
     sock = socket.socket(fileno=os.dup(sock_fd))
     try:
         spec = LaunchSpec.from_json(spec_json)
-        flags = _CLONE_PARENT if reparent else 0
+        flags = linux.CLONE_PARENT if reparent else 0
         if spec.namespaces.pid == "private":
             flags |= linux.CLONE_NEWPID
         gc.freeze()  # keep the gc from touching (and copying) inherited pages

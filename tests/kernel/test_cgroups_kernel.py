@@ -349,41 +349,43 @@ def _thread_cgroup2() -> str | None:
     return None
 
 
-def test_prime_attach_takes_the_attach_lock_and_moves_nothing(cg: Cgroups) -> None:
-    """prime_attach writes this thread's id into cgroup.threads of the
-    cgroup2 directory: the kernel takes the attach lock and refuses the move
-    across domains (EOPNOTSUPP). Nothing moves: this thread stays where it
-    was and the cgroup stays empty; a process joins it afterwards as usual."""
-    cg.m.create("web", Limits())
-    before = _thread_cgroup2()
-    cg.m.prime_attach("web")
-    assert _thread_cgroup2() == before
-    assert not cg.m.populated("web")
-    assert cg.m.pids("web") == []
-    p = cg.spawn("web", ["sleep", "1000"])
-    wait_until(lambda: p.pid in cg.m.pids("web"), "the sleeper in pids()")
-    assert cg.m.pids("web") == [p.pid]
-    cg.m.kill("web", timeout_s=TIMEOUT_S)
-    assert p.wait(TIMEOUT_S) == -signal.SIGKILL
-
-
-def test_prime_attach_never_raises(cg: Cgroups) -> None:
-    """No cgroup (never created, or removed meanwhile): nothing happens."""
-    cg.m.prime_attach("nothing-here")
-
-
-def test_prime_attach_write_is_refused_by_the_kernel(cg: Cgroups) -> None:
-    """The primitive itself, where a cgroup2 hierarchy is mounted: True means
-    the kernel took the lock and refused the move (EOPNOTSUPP)."""
-    from supervisor.cgroups import _fs
+def test_fork_into_cgroup_starts_the_child_in_the_cgroup2_cgroup(cg: Cgroups) -> None:
+    """The workload's and exec's fork (workload.fork_into_cgroup): the child
+    starts in the cgroup2 cgroup (clone3 CLONE_INTO_CGROUP) without writing
+    cgroup.procs, and is told to join only the v1 hierarchies by writes; it
+    joins those and is then a member everywhere. The parent stays put."""
+    from supervisor.runtime.workload import fork_into_cgroup
 
     cg.m.create("web", Limits())
-    unified = getattr(cg.m, "unified", None) if isinstance(cg.m, V1Manager) else ROOT
-    if unified is None:
-        pytest.skip("no cgroup2 hierarchy mounted")
+    files = cg.m.procs_files("web")
+    unified = [f for f in files if not os.path.exists(os.path.join(os.path.dirname(f), "tasks"))]
+    if not unified:
+        pytest.skip("no cgroup2 hierarchy mounted: every hierarchy is joined by a write")
     before = _thread_cgroup2()
-    assert _fs.prime_attach(unified, f"{cg.parent}/web") is True
-    assert _thread_cgroup2() == before
+    r, w = os.pipe()
+    pid, join = fork_into_cgroup(files)
+    if pid == 0:
+        try:
+            os.close(r)
+            os.write(w, f"{_thread_cgroup2()}\n".encode())
+            for f in join:
+                with open(f, "w") as fh:
+                    fh.write("0")
+            os.write(w, b"joined\n")
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r) as reader:
+            assert reader.readline().strip() == f"/{cg.parent}/web"
+            assert reader.readline().strip() == "joined"
+        assert sorted(join) == sorted(set(files) - set(unified))
+        assert _thread_cgroup2() == before
+        assert cg.m.pids("web") == [pid]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 # --- stat files kept open between stats() calls (_fs.StatFiles) -------------------

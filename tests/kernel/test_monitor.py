@@ -49,11 +49,14 @@ def _workload(script: Script) -> Callable[..., NoReturn]:
         out_fd: int,
         err_fd: int,
         *,
+        gate_fd: int,
         stdin_fd: int | None = None,
         console_fd: int | None = None,
     ) -> NoReturn:
         code = 99
         try:
+            if os.read(gate_fd, 1) != b"G":  # as exec_workload before execve
+                os._exit(125)
             os.setsid()
             os.write(errfd, f"P{os.getpid()}\n".encode())
             slave = None

@@ -37,9 +37,6 @@ class FakeCgroups:
     def set_devices(self, name: str, rules: object) -> None:
         pass
 
-    def prime_attach(self, name: str) -> None:
-        pass
-
     def remove(self, name: str) -> None:
         self.removed.append(name)
 
