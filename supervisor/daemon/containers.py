@@ -132,6 +132,9 @@ class Container:
     health: str | None = None
     health_failing_streak: int = 0
     health_log: list[dict[str, Any]] = field(default_factory=list)
+    # The limits and device rules this daemon last applied to the cgroup
+    # (in memory only: a restarted daemon applies them again once).
+    prepared: tuple[Limits, tuple[DeviceRule, ...]] | None = None
 
     @property
     def log_path(self) -> str:
@@ -434,12 +437,13 @@ class ContainerManager:
         self._set_state(c, "start")
         c.error = None
         try:
-            await trio.to_thread.run_sync(
-                self._prepare_cgroup,
-                c.name,
-                translate.limits_for(c.spec),
-                devices.rules_for(c.spec.devices),
-            )
+            wanted = (translate.limits_for(c.spec), tuple(devices.rules_for(c.spec.devices)))
+            if c.prepared != wanted or not self._cgroup_exists(c.name):
+                # A restart finds the cgroup as the last launch left it
+                # (nothing but rm removes it): no thread hop, no writes.
+                c.prepared = None
+                await trio.to_thread.run_sync(self._prepare_cgroup, c.name, *wanted)
+                c.prepared = wanted
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(c.exit_path)
             t0 = time.monotonic()
@@ -484,6 +488,9 @@ class ContainerManager:
             started_at=run.started_at,  # the monitor's clock at exec (bench: restart latency)
         )
         return run
+
+    def _cgroup_exists(self, name: str) -> bool:
+        return all(os.path.isdir(os.path.dirname(f)) for f in self.cgroups.procs_files(name))
 
     def _prepare_cgroup(self, name: str, limits: Limits, rules: Sequence[DeviceRule]) -> None:
         """In a worker thread: the cgroup with its limits, then the device
