@@ -63,6 +63,7 @@ from supervisor.runtime.workload import (
     drop_privileges,
     execvpe,
     fork_into_cgroup,
+    reset_signals,
 )
 
 EXEC_MAGIC = b"EXEC\n"
@@ -287,11 +288,7 @@ def _exec_child(
     code = EXIT_SETUP_FAILED
     step = "set up"
     try:
-        for sig in signal.valid_signals():
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
-                with contextlib.suppress(OSError, ValueError):
-                    signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        reset_signals()
         os.setsid()
         for target, fd in enumerate((4, 5, 6)):
             os.dup2(fd, target)
