@@ -18,10 +18,12 @@ intermediate's exit used to arrange by re-parenting.
 The spare: that clone (1.5-1.8 ms of a ~29 MiB process, measured) is made
 ahead of need. The zygote keeps one first process cloned in advance, idle in
 its own new pid namespace, blocked on a socket; a launch (private pid
-namespace, the common case) hands it the LaunchSpec and the launch socket
-and the zygote clones the next spare after it has answered. A spare dies
-with the zygote (EOF on its socket); one that is gone is replaced by a clone
-on the spot.
+namespace, the common case) hands it the LaunchSpec and the launch socket.
+The next spare is cloned when the daemon asks (SPARE_REQUEST, sent once the
+launch has reported "started"): cloned at once, it took a core from the
+monitor and the workload it had just handed over (2 cores here). A spare
+dies with the zygote (EOF on its socket); one that is gone is replaced by a
+clone on the spot.
 
 The per-launch socket is SOCK_SEQPACKET: every event is one message (one JSON
 line) and the pidfd rides on exactly the message it belongs to. The monitor's
@@ -53,6 +55,8 @@ from supervisor.runtime.spec import LaunchSpec
 if TYPE_CHECKING:
     import trio
 
+# daemon -> zygote, no fds: clone the next spare now (if there is none).
+SPARE_REQUEST = b"SPARE\n"
 _MAX_MSG = 1 << 18  # a LaunchSpec is a few KiB; SEQPACKET truncates beyond this
 _ANC_SIZE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 
@@ -349,6 +353,8 @@ def _zygote_main(ctl: socket.socket, daemon_pid: int) -> NoReturn:
             if not msg:
                 os._exit(0)  # the daemon closed the control socket (spares: EOF)
             if not fds:
+                if msg == SPARE_REQUEST and spare is None:
+                    spare = _new_spare()
                 continue
             if msg.startswith(EXEC_MAGIC):  # nsvisor exec (supervisor.runtime.exec)
                 pid = spawn_exec(msg, fds)
@@ -367,7 +373,7 @@ def _zygote_main(ctl: socket.socket, daemon_pid: int) -> NoReturn:
             finally:
                 os.close(fds[0])
             if used:
-                spare = _new_spare()  # after the answer: off the launch's path
+                spare = None  # the next one when the daemon asks (SPARE_REQUEST)
     finally:
         os._exit(1)
 
@@ -441,7 +447,12 @@ class Zygote:
             with trio.CancelScope(shield=True):
                 events.abandon()
             raise
-        return events.result()
+        launched = events.result()
+        # The launch is done: the zygote may clone the next spare now.
+        with contextlib.suppress(OSError):
+            async with self._lock:
+                await self._tsock.sendmsg([SPARE_REQUEST], [], socket.MSG_NOSIGNAL)
+        return launched
 
     async def submit(self, payload: bytes, fds: list[int]) -> None:
         """Send one request with fds (SCM_RIGHTS) to the zygote; the fds are
