@@ -27,7 +27,7 @@ import trio
 
 from supervisor import __version__
 from supervisor.config import ContainerSpec, DaemonConfig, load_config
-from supervisor.daemon import logsetup, systemd
+from supervisor.daemon import logsetup, statefile, systemd
 from supervisor.errors import ConfigError, NotFoundError, NsvisorError, Problem, StateError
 
 log = structlog.get_logger("nsvisor")
@@ -377,6 +377,7 @@ def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> 
         errors.extend(group.exceptions)
     finally:
         zygote.close()
+        statefile.flush(timeout_s=10.0)  # the last transitions, before the lock goes
         os.close(lock_fd)
     for err in errors:
         print(f"nsvisor: {err}", file=sys.stderr)

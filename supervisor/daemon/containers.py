@@ -29,7 +29,7 @@ from exporters.view import ContainerView
 from supervisor.cgroups import CgroupManager, Limits
 from supervisor.cgroups import options as limit_options
 from supervisor.config import ContainerSpec, validate_container
-from supervisor.daemon import execs, health, translate
+from supervisor.daemon import execs, health, statefile, translate
 from supervisor.daemon.events import EventBus
 from supervisor.daemon.memwatch import MemoryWatch
 from supervisor.daemon.reaper import Reaper
@@ -49,7 +49,7 @@ from supervisor.runtime.zygote import Launched, LaunchError, Zygote
 log = structlog.get_logger("nsvisor")
 
 # Lifecycle events of a container's runs: their state is persisted with
-# statefile.write_json(sync=False) (see _set_state).
+# statefile.write_json(later=True), "started" with sync=False (see _set_state).
 _RUN_EVENTS = frozenset({"start", "started", "exit", "failed", "schedule_restart", "remove"})
 
 # Raw keys `update` may change: the resource limits (docker update's set).
@@ -212,10 +212,14 @@ class ContainerManager:
     def _set_state(self, c: Container, event: Any) -> None:
         c.state = transition(c.name, c.state, event)
         self._notify(c)
-        # The transitions of a run are persisted without waiting for the
-        # disk (statefile: fsynced a moment later, off this thread); a stop
-        # (the user's intent) is persisted durably before anything goes on.
-        self._persist(c, sync=event not in _RUN_EVENTS)
+        # The transitions of a run are persisted by statefile's background
+        # writer, off this thread; "started" (the pid live restore adopts) is
+        # in place before anything goes on, durable a moment later; a stop
+        # (the user's intent) is durable before anything goes on.
+        if event == "started":
+            self._persist(c, sync=False)
+        else:
+            self._persist(c, later=event in _RUN_EVENTS)
         self._publish_views(c)
 
     @staticmethod
@@ -254,7 +258,7 @@ class ContainerManager:
             health=c.health,
         )
 
-    def _persist(self, c: Container, *, sync: bool = True) -> None:
+    def _persist(self, c: Container, *, sync: bool = True, later: bool = False) -> None:
         run = c.run
         write_json(
             os.path.join(c.dir, "state.json"),
@@ -275,6 +279,7 @@ class ContainerManager:
                 "last_delay_s": c.last_delay_s,
             },
             sync=sync,
+            later=later,
         )
 
     # ---- create / remove ----------------------------------------------------
@@ -403,6 +408,7 @@ class ContainerManager:
         await self.network.release(c.name)
         await trio.to_thread.run_sync(self.cgroups.remove, c.name)
         self.memwatch.retire(c.name)
+        statefile.forget(os.path.join(c.dir, "state.json"))  # no late write into it
         shutil.rmtree(c.dir, ignore_errors=True)
         self.userns.release(c.name)
         del self.containers[name]

@@ -1,5 +1,5 @@
-"""The start path's I/O helpers: state files written without waiting for
-the disk, and inotify fds closed off the caller's thread."""
+"""The start path's I/O helpers: state files written by a background
+thread, and inotify fds closed off the caller's thread."""
 
 from __future__ import annotations
 
@@ -12,25 +12,47 @@ from supervisor.daemon import statefile
 from supervisor.inotify import IN_MODIFY, Inotify
 
 
-def test_an_unsynced_state_file_is_in_place_at_once(tmp_path: Path) -> None:
-    """sync=False: renamed into place before write_json returns (a restarted
-    daemon reads it), no temporary file left; the fsync comes later."""
+def test_later_writes_land_newest_last(tmp_path: Path) -> None:
+    """later=True: written by the background thread; after flush() the file
+    holds the newest content, and no temporary file is left."""
     path = tmp_path / "state.json"
-    statefile.write_json(str(path), {"state": "running"}, sync=False)
-    assert json.loads(path.read_text()) == {"state": "running"}
-    statefile.write_json(str(path), {"state": "exited"}, sync=False)
-    assert statefile.read_json(str(path)) == {"state": "exited"}
+    for i in range(50):
+        statefile.write_json(str(path), {"state": "running", "n": i}, later=True)
+    assert statefile.flush(timeout_s=30)
+    assert json.loads(path.read_text()) == {"state": "running", "n": 49}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
-def test_an_unsynced_file_removed_at_once_is_no_error(tmp_path: Path) -> None:
-    """rm right after a transition: the background fsync finds nothing."""
-    d = tmp_path / "c"
-    d.mkdir()
-    statefile.write_json(str(d / "state.json"), {}, sync=False)
-    (d / "state.json").unlink()
-    d.rmdir()
-    statefile.write_json(str(tmp_path / "after.json"), {"ok": 1}, sync=False)
+def test_a_write_in_place_is_never_overwritten_by_an_older_pending_one(tmp_path: Path) -> None:
+    """A stop (sync) or a "started" (sync=False: in place at once) right
+    after transitions still pending: its content is there before write_json
+    returns and stays, whatever the background thread had not written."""
+    for i in range(20):
+        path = tmp_path / f"s{i}.json"
+        statefile.write_json(str(path), {"state": "starting"}, later=True)
+        statefile.write_json(str(path), {"state": "running"}, later=True)
+        statefile.write_json(str(path), {"state": "stopped"}, sync=i % 2 == 0)
+        assert statefile.read_json(str(path)) == {"state": "stopped"}
+    assert statefile.flush(timeout_s=30)
+    for i in range(20):
+        assert statefile.read_json(str(tmp_path / f"s{i}.json")) == {"state": "stopped"}
+
+
+def test_forget_drops_pending_writes_before_a_directory_is_removed(tmp_path: Path) -> None:
+    """rm right after a transition: nothing is written into the directory
+    after forget(), so it can be removed; later writes elsewhere go on."""
+    for i in range(20):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        statefile.write_json(str(d / "state.json"), {"n": 1}, sync=False)
+        statefile.write_json(str(d / "state.json"), {"n": 2}, later=True)
+        statefile.forget(str(d / "state.json"))
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+    statefile.write_json(str(tmp_path / "after.json"), {"ok": 1}, later=True)
+    assert statefile.flush(timeout_s=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after.json"]
     assert statefile.read_json(str(tmp_path / "after.json")) == {"ok": 1}
 
 
