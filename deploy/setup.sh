@@ -23,9 +23,19 @@ if [ ! -x "$MON_BIN" ] || [ "$MON_SRC" -nt "$MON_BIN" ]; then
     ${CC:-gcc} -std=c11 -O2 -Wall -Wextra -Werror -o "$MON_BIN.tmp" "$MON_SRC"
     mv "$MON_BIN.tmp" "$MON_BIN"
 fi
+# The command-line client's front end (supervisor/cliclient.c): replaces the
+# Python entry point pip writes as .venv/bin/nsvisor (below), which it runs
+# itself when no daemon command server answers.
+CLI_SRC="$REPO/supervisor/cliclient.c"
+CLI_BIN="$REPO/supervisor/nsvisor-cli"
+if [ ! -x "$CLI_BIN" ] || [ "$CLI_SRC" -nt "$CLI_BIN" ]; then
+    ${CC:-gcc} -std=c11 -O2 -Wall -Wextra -Werror -o "$CLI_BIN.tmp" "$CLI_SRC"
+    mv "$CLI_BIN.tmp" "$CLI_BIN"
+fi
 PY=${PYTHON:-python3}
 if [ ! -x "$REPO/.venv/bin/python" ]; then
     "$PY" -m venv "$REPO/.venv"
 fi
 "$REPO/.venv/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]" 2>&1 | grep -v '^WARNING: Location' || true
+install -m 0755 "$CLI_BIN" "$REPO/.venv/bin/nsvisor"  # over pip's Python entry point
 "$REPO/.venv/bin/python" -c 'import supervisor, trio, hypercorn, prometheus_client, structlog, pyroute2' 

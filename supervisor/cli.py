@@ -1095,12 +1095,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `only`, just that subcommand's parser
     under the top-level one (about 40 subcommands with their options took
     10 ms of every CLI start to build on the build machines). An `only` that
-    is no subcommand builds them all, so argparse reports it as usual."""
+    is no subcommand builds them all, so argparse reports it as usual.
+    Kept once built: the command server (supervisor.cliserver) builds them
+    before it forks its workers."""
+    cached = _PARSERS.get(only)
+    if cached is not None:
+        return cached
     built = _build_parser(only)
     if only is not None and built is None:
         built = _build_parser(None)
     assert built is not None
+    _PARSERS[only] = built
     return built
+
+
+_PARSERS: dict[str | None, argparse.ArgumentParser] = {}
+
+
+def command_names() -> list[str]:
+    """Every subcommand's name (the command server builds their parsers)."""
+    sub = next(a for a in build_parser(None)._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
 
 
 def _build_parser(only: str | None) -> argparse.ArgumentParser | None:

@@ -278,6 +278,7 @@ class Daemon:
             os.umask(old)
         os.chmod(path, 0o600)
         sock.listen(128)
+        cli_server = _spawn_cli_server(path)
         config = Config()
         config.accesslog = None
         config.errorlog = None
@@ -293,6 +294,10 @@ class Daemon:
         finally:
             if os.path.exists(path):
                 os.unlink(path)
+            if cli_server is not None:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(cli_server, signal.SIGTERM)  # it unlinks its socket
+                os.close(cli_server)
 
     async def _serve_metrics(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -325,6 +330,22 @@ def reload_plan(
         "changed": sorted(n for n in wanted if n in current and current[n] != wanted[n]),
         "unchanged": sorted(n for n in wanted if n in current and current[n] == wanted[n]),
     }
+
+
+def _spawn_cli_server(control_socket: str) -> int | None:
+    """The command server of the C client (supervisor.cliserver), its own
+    lean Python process, started once the control socket is ours; returns
+    its pidfd (None if it could not start: the client then runs the CLI
+    through Python). It ends with the daemon (PDEATHSIG); the Reaper reaps it."""
+    from supervisor.cliserver import socket_path
+
+    argv = [sys.executable, "-m", "supervisor.cliserver", socket_path(control_socket)]
+    try:
+        pid = os.posix_spawn(sys.executable, [*argv, str(os.getpid())], os.environ)
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        log.warning("cli_server.start_failed", error=str(exc))
+        return None
 
 
 def run(config_path: str | None, overrides: Mapping[str, str] | None = None) -> int:
