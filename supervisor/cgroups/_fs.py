@@ -252,6 +252,13 @@ def rmdir_retry(path: str, timeout_s: float = 2.0) -> None:
 
 def rmdir_tree(path: str, timeout_s: float = 2.0) -> None:
     """Remove a cgroup and every child cgroup in it, deepest first."""
+    try:
+        os.rmdir(path)  # the common case: no child cgroups, nothing left in it
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass  # children (EBUSY, ENOTEMPTY) or tasks still leaving: the walk
     if not os.path.isdir(path):
         return
     for d in reversed(list(walk_dirs(path))):
