@@ -54,6 +54,19 @@ class Daemon:
         kids = children(self.pid)
         return min(kids) if kids else None
 
+    def cli_server_pids(self) -> list[int]:
+        """The command server (supervisor.cliserver) and its waiting worker."""
+        out: list[int] = []
+        for kid in children(self.pid):
+            try:
+                with open(f"/proc/{kid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if b"supervisor.cliserver" in cmdline:
+                out += [kid, *children(kid)]
+        return out
+
     def start(self) -> None:
         launcher = ["-m", "supervisor"]
         if self.prelude:

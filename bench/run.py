@@ -280,6 +280,7 @@ class Bench:
         mem_rows.append(row("daemon RSS, idle, before containers", "MiB", [base_rss / MIB]))
         if zyg:
             mem_rows.append(row("zygote PSS (fixed cost)", "MiB", [(pss_kib(zyg) or 0) / MIB]))
+        mem_rows += _cli_server_rows(self.d)
         scrape_rows: list[Row | str] = ["5. scrape cost (GET /metrics, N running sleepers)"]
         current = 0
         for level in levels:
@@ -323,6 +324,7 @@ class Bench:
         self.rows.append(row("daemon RSS, idle, before containers", "MiB", [base_rss / MIB]))
         if zyg:
             self.rows.append(row("zygote PSS (fixed cost)", "MiB", [(pss_kib(zyg) or 0) / MIB]))
+        self.rows += _cli_server_rows(self.d)
         current = 0
         for level in sorted(p.memory_sizes):
             self.d.start_many([self.sleeper(f"s{i}") for i in range(current, level)], workers=32)
@@ -663,6 +665,15 @@ def _versions() -> str:
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _cli_server_rows(d: Daemon) -> list[Row | str]:
+    """The CLI's command server: a fixed cost like the zygote's."""
+    pids = d.cli_server_pids()
+    if not pids:
+        return []
+    pss = sum(pss_kib(p) or 0 for p in pids) / MIB
+    return [row("command server PSS, with its waiting worker (fixed cost)", "MiB", [pss])]
 
 
 def main(argv: list[str] | None = None) -> int:
