@@ -455,10 +455,12 @@ def test_kept_stat_files_show_the_values_of_now(cg: Cgroups) -> None:
 
 
 def test_a_kept_v1_cgroup_procs_fd_is_stale(cg: Cgroups) -> None:
-    """Why stats() opens v1 cgroup.procs anew: its pid list is built on
-    open and reused by later reads of the same open file while it is being
-    read at least once a second (cgroup_pidlist_start). v2's cgroup.procs
-    restarts its task iterator at offset 0."""
+    """Why stats() opens v1 cgroup.procs anew (where no cgroup2 hierarchy
+    is mounted beside it): its pid list is built on open and reused by later
+    reads of the same open file while it is being read at least once a
+    second (cgroup_pidlist_start). v2's cgroup.procs restarts its task
+    iterator at offset 0: stats() keeps that one open, also on a hybrid
+    host (test_kept_stat_files_show_the_values_of_now counts through it)."""
     cg.m.create("web", Limits())
     procs = find_file(cg, "web", "cgroup.procs")  # v1 pids hierarchy on hybrid
     fd = os.open(procs, os.O_RDONLY | os.O_CLOEXEC)
