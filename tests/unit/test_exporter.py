@@ -729,3 +729,57 @@ def test_a_collector_that_does_not_answer_is_killed(monkeypatch: pytest.MonkeyPa
         assert process.pid is None and process.started == 2  # killed, a new one next time
     finally:
         process.close()
+
+
+@pytest.mark.parametrize("layout", ["v2", "hybrid"])
+def test_the_collector_splits_its_reads_over_two_processes(tmp_path: Path, layout: str) -> None:
+    """With SPLIT_MIN or more running containers the collector process reads
+    half of them in its helper process: the text is the same as render() in
+    the daemon's thread, and stays the same after the helper is killed (its
+    half is read by the collector itself from then on)."""
+    import dataclasses
+    import signal
+
+    from exporters.collectord import SPLIT_MIN, CollectorProcess
+
+    shutil.copytree(CGROUP / layout, tmp_path / layout)
+    names = [f"c{i:02d}" for i in range(SPLIT_MIN + 8)]
+    for web in list((tmp_path / layout).rglob("nsvisor/web")):
+        for n in names:
+            shutil.copytree(web, web.with_name(n))
+    mgr = manager(layout, tmp_path)
+    base = views()[0]
+    vs = tuple(
+        dataclasses.replace(
+            base, name=n, cgroup_name=n, cgroup_path=f"/nsvisor/{n}", workload_pid=None
+        )
+        for n in names
+    )
+    local = ContainerCollector(mgr, lambda: vs)
+    process = CollectorProcess(str(tmp_path / layout), "nsvisor")
+    remote = ContainerCollector(mgr, lambda: vs, remote=process.render)
+
+    def same(text: str) -> list[str]:  # the two clocks differ
+        return [x for x in text.splitlines() if not x.startswith("container_last_seen{")]
+
+    def helper() -> int:
+        assert process.pid is not None
+        with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+            kids = [int(p) for p in f.read().split()]
+        assert len(kids) == 1, kids
+        return kids[0]
+
+    try:
+        remote.render()  # in this thread: starting
+        assert process.settled.wait(60) and process.pid is not None
+        text = remote.render()
+        assert same(text) == same(local.render())
+        assert sum(line.startswith("container_memory_rss{") for line in text.splitlines()) == len(
+            names
+        )
+        pid = helper()
+        os.kill(pid, signal.SIGKILL)
+        assert same(remote.render()) == same(local.render())  # read by the collector itself
+        assert process.started == 1  # the collector went on
+    finally:
+        process.close()
