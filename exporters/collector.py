@@ -75,13 +75,6 @@ def _labels(v: ContainerView) -> list[str]:
     return [v.name, v.cgroup_path, v.image]
 
 
-def stats_of(source: StatsSource, name: str) -> Stats:
-    try:
-        return source.stats(name)
-    except Exception:  # a bug or a vanished cgroup must not fail the scrape
-        return Stats(errors=["stats"])
-
-
 class ContainerCollector(Collector):
     def __init__(
         self,
@@ -140,16 +133,11 @@ class ContainerCollector(Collector):
         errors: list[str] = []
         stats: dict[str, Stats] = {}
         nets: dict[str, list[NetDev]] = {}
-        # A source that reads many cgroups at once (collectord's split over
-        # two processes) gets them all in one call.
-        stats_many = getattr(self.source, "stats_many", None)
-        many: dict[str, Stats] = (
-            stats_many([v.cgroup_name for v in running]) if stats_many is not None else {}
-        )
         for v in running:
-            s = many.get(v.cgroup_name) if many else None
-            if s is None:
-                s = stats_of(self.source, v.cgroup_name)
+            try:
+                s = self.source.stats(v.cgroup_name)
+            except Exception:  # a bug or a vanished cgroup must not fail the scrape
+                s = Stats(errors=["stats"])
             stats[v.name] = s
             errors.extend(s.errors)
             if v.workload_pid is not None and not self._host_netns(v):

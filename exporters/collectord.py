@@ -233,143 +233,16 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def _sync_generations(manager: Any, seen: dict[str, int], generations: dict[str, int]) -> None:
-    """Close the files of cgroups no longer asked for; drop the cached limits
-    of those whose limits were written since the last scrape."""
-    for name in list(seen):
-        if name not in generations:
-            manager.forget(name)  # removed or stopped: close its files
-            del seen[name]
-    for name, gen in generations.items():
-        if seen.get(name, gen) != gen:
-            manager.invalidate_spec(name)
-        seen[name] = gen
-
-
-SPLIT_MIN = 32
-"""Below this many running containers a scrape reads them all in one process."""
-
-
-class SplitSource:
-    """The collector's stats source on a host with 2+ CPUs: a helper process
-    (forked from the collector at start, its own manager and kept files)
-    reads the second half of the cgroups while this one reads the first,
-    at the same time. A scrape's reads are kernel time and per-file Python
-    (~100 us a container on the build VM): on two cores the scrape at 500
-    containers takes ~60% of the time, for the same CPU. Should the helper
-    fail, its half is read here (and no helper is used any more)."""
-
-    def __init__(self, manager: Any, make_manager: Callable[[], Any]) -> None:
-        import socket
-
-        self.manager = manager
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            code = 0
-            try:
-                # Not the daemon's pipes: the daemon sees EOF when the collector goes.
-                devnull = os.open(os.devnull, os.O_RDWR)
-                os.dup2(devnull, 0)
-                os.dup2(devnull, 1)
-                _split_helper(theirs.makefile("rb"), theirs.makefile("wb"), make_manager)
-            except BaseException:
-                code = 1
-            finally:
-                os._exit(code)
-        theirs.close()
-        self.pid = pid
-        self._sock = ours
-        self._in, self._out = ours.makefile("rb"), ours.makefile("wb")
-        self.generations: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:  # layout, forget, ... of the manager
-        return getattr(self.manager, name)
-
-    def stats(self, name: str) -> Any:
-        return self.manager.stats(name)
-
-    def stats_many(self, names: list[str]) -> dict[str, Any]:
-        from exporters.collector import stats_of
-
-        if self._sock is None or len(names) < SPLIT_MIN:
-            return {}
-        half = len(names) // 2
-        theirs = names[half:]
-        try:
-            _send(self._out, (theirs, self.generations))
-        except OSError:
-            self._give_up()
-            return {}
-        out = {n: stats_of(self.manager, n) for n in names[:half]}
-        try:
-            out.update(_recv(self._in))
-        except (OSError, EOFError, pickle.UnpicklingError):
-            self._give_up()  # gather() reads what is missing itself
-        return out
-
-    def close(self) -> None:
-        """EOF to the helper (it exits), and reap it."""
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._out.close()
-                self._in.close()
-                self._sock.close()
-            self._sock = None  # type: ignore[assignment]
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
-
-    def _give_up(self) -> None:
-        log.warning("metrics.split_helper_failed", pid=self.pid)
-        with contextlib.suppress(OSError):
-            self._sock.close()
-        self._sock = None  # type: ignore[assignment]
-
-
-def _split_helper(stdin: IO[bytes], stdout: IO[bytes], make_manager: Callable[[], Any]) -> None:
-    from exporters.collector import stats_of
-
-    manager = make_manager()
-    seen: dict[str, int] = {}
-    while True:
-        try:
-            names, generations = _recv(stdin)
-        except EOFError:
-            return  # the collector is gone
-        _sync_generations(manager, seen, {n: generations.get(n, 0) for n in names})
-        _send(stdout, {n: stats_of(manager, n) for n in names})
-
-
 def serve(
     stdin: IO[bytes], stdout: IO[bytes], make_manager: Callable[[], Any]
 ) -> None:  # the collector process's loop
     from exporters.collector import ContainerCollector
 
     manager = make_manager()
-    source: Any = manager
-    if (os.cpu_count() or 1) >= 2:
-        with contextlib.suppress(OSError):
-            source = SplitSource(manager, make_manager)
     state: dict[str, Any] = {"views": (), "memory_events": ()}
     collector = ContainerCollector(
-        source, lambda: state["views"], memory_events=lambda: state["memory_events"]
+        manager, lambda: state["views"], memory_events=lambda: state["memory_events"]
     )
-    try:
-        _serve_requests(stdin, stdout, manager, source, collector, state)
-    finally:
-        if isinstance(source, SplitSource):
-            source.close()
-
-
-def _serve_requests(
-    stdin: IO[bytes],
-    stdout: IO[bytes],
-    manager: Any,
-    source: Any,
-    collector: Any,
-    state: dict[str, Any],
-) -> None:
     seen: dict[str, int] = {}
     _send(stdout, "ready")  # imports done: requests get answered within TIMEOUT_S
     while True:
@@ -378,9 +251,14 @@ def _serve_requests(
         except EOFError:
             return
         generations = dict(request.generations)
-        _sync_generations(manager, seen, generations)
-        if isinstance(source, SplitSource):
-            source.generations = generations
+        for name in list(seen):
+            if name not in generations:
+                manager.forget(name)  # removed or stopped: close its files
+                del seen[name]
+        for name, gen in generations.items():
+            if seen.get(name, gen) != gen:
+                manager.invalidate_spec(name)
+            seen[name] = gen
         before = Counter(dict(request.errors))
         collector.scrape_errors = Counter(before)
         state["views"], state["memory_events"] = request.views, request.memory_events
