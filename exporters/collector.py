@@ -142,10 +142,11 @@ class ContainerCollector(Collector):
             errors.extend(s.errors)
             if v.workload_pid is not None and not self._host_netns(v):
                 try:
-                    nets[v.name] = self.net.read(v.workload_pid)
+                    nets[v.name] = self.net.read(v.workload_pid, (v.workload_pid, v.started_at))
                 except (OSError, ValueError):
                     errors.append("net/dev")
         self._netns_prev, self._netns_now = self._netns_now, {}
+        self.net.roll()
         with self._errors_lock:
             self.scrape_errors.update(errors)
             counted = sorted(self.scrape_errors.items())

@@ -18,7 +18,10 @@ such container's name.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
@@ -61,16 +64,63 @@ class NetReader:
         # The daemon's own network namespace, read once: the daemon never
         # changes it. None (a fixture root without it) disables the host check.
         self._host_netns = _inode(os.path.join(proc_root, "self", "ns", "net"))
+        self._kept: dict[Hashable, int] = {}
+        self._kept_prev: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
 
     def shares_host_netns(self, pid: int) -> bool:
         if self._host_netns is None:
             return False
         return _inode(os.path.join(self.proc_root, str(pid), "ns", "net")) == self._host_netns
 
-    def read(self, pid: int) -> list[NetDev]:
-        """Raises OSError/ValueError; the collector counts it as a scrape error."""
-        with open(os.path.join(self.proc_root, str(pid), "net", "dev"), "rb") as f:
-            return parse_net_dev(f.read().decode())
+    def read(self, pid: int, run: Hashable | None = None) -> list[NetDev]:
+        """Raises OSError/ValueError; the collector counts it as a scrape error.
+
+        `run` (the workload's pid and start time): its file is kept open
+        and re-read with pread(fd, n, 0), which runs the seq_file's show
+        again (2 us instead of 22 us a container, 6.18). The fd holds the
+        namespace the process had when it was opened, i.e. that run's: a
+        run not read during a scrape has its fd closed at the next roll(),
+        and with it the namespace's last reference from here."""
+        if run is None:
+            with open(os.path.join(self.proc_root, str(pid), "net", "dev"), "rb") as f:
+                return parse_net_dev(f.read().decode())
+        with self._lock:  # scrapes may run in threads: no fd closed under a read
+            fd = self._kept.pop(run, None)
+            if fd is None:
+                fd = self._kept_prev.pop(run, None)
+            if fd is None:
+                path = os.path.join(self.proc_root, str(pid), "net", "dev")
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = _pread_all(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            self._kept[run] = fd
+        return parse_net_dev(data.decode())
+
+    def roll(self) -> None:
+        """After a scrape: close the files of runs it did not read."""
+        with self._lock:
+            for fd in self._kept_prev.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._kept_prev, self._kept = self._kept, {}
+
+    def close(self) -> None:
+        self.roll()
+        self.roll()
+
+
+def _pread_all(fd: int) -> bytes:
+    data = os.pread(fd, 65536, 0)
+    if len(data) < 65536:
+        return data
+    chunks = [data]  # a namespace with hundreds of interfaces
+    while chunk := os.pread(fd, 65536, sum(len(c) for c in chunks)):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _inode(path: str) -> int | None:
