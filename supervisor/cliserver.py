@@ -34,6 +34,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from typing import NoReturn
 
@@ -79,6 +80,19 @@ def _std_streams() -> None:
     )
 
 
+def _hang_up_with(conn: socket.socket) -> None:
+    """The client never writes after its request: EOF means it is gone
+    (killed, say). Then the command gets SIGHUP, as from a terminal that
+    hung up: an attached `run` or a `logs -f` does not go on for nobody."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    threading.Thread(target=watch, name="client-watch", daemon=True).start()
+
+
 def _worker(conn: socket.socket) -> NoReturn:
     code = 255
     try:
@@ -94,6 +108,7 @@ def _worker(conn: socket.socket) -> NoReturn:
             os.dup2(fd, target)
             os.close(fd)
         conn.sendall(f"pid {os.getpid()}\n".encode())
+        _hang_up_with(conn)
         os.chdir(cwd)
         os.umask(umask)
         os.environ.clear()

@@ -47,6 +47,14 @@ def wait_for_server(d: Daemon) -> None:
     assert path.exists(), d.log()
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def _server_pids(d: Daemon) -> list[int]:
     """The daemon's command server and its workers (by their command line)."""
     out = []
@@ -131,6 +139,37 @@ def test_sigint_to_the_client_reaches_the_command(running_daemon: Daemon) -> Non
     while time.monotonic() < deadline and len(workers_before - set(_server_pids(d))) == 0:
         time.sleep(0.05)
     assert workers_before - set(_server_pids(d))
+
+
+def test_a_killed_client_ends_its_command(running_daemon: Daemon) -> None:
+    """SIGKILL of the client (nothing to forward): the worker sees the
+    connection close and its command ends, as with a terminal hang-up."""
+    d = running_daemon
+    wait_for_server(d)
+    d.cli("run", "-d", "--name", "talker", d.rootfs, "--", "sh", "-c",
+          "while true; do echo tick; sleep 0.1; done")  # fmt: skip
+    assert d.proc is not None
+    idle = {pid for pid in _server_pids(d) if _ppid(pid) != d.proc.pid}  # the waiting worker
+    p = subprocess.Popen(
+        [str(CLIENT), "--socket", d.socket, "logs", "-f", "talker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "tick\n"
+        busy = set(_server_pids(d)) & idle  # the worker that accepted: one of the idle ones
+        assert busy
+        p.kill()
+        p.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and busy & set(_server_pids(d)):
+            time.sleep(0.05)
+        assert not busy & set(_server_pids(d)), "the worker outlived its client"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def test_without_a_server_the_client_runs_the_python_cli(daemon: Daemon) -> None:
