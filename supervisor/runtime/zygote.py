@@ -296,8 +296,8 @@ def _spare_main(sock: socket.socket) -> NoReturn:
     be the container's first process. Signals arrive blocked."""
     try:
         # Nothing of the zygote's (its control socket) while it waits.
-        os.dup2(sock.fileno(), 3, inheritable=False)
-        linux.close_range(4)
+        os.dup2(sock.detach(), 3, inheritable=False)
+        linux.close_range(4)  # with it the detached fd
         sock = socket.socket(fileno=3)
         try:
             msg, fds, _, _ = socket.recv_fds(sock, _MAX_MSG, 1)
