@@ -12,6 +12,7 @@ Imported only by the commands that attach.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -84,6 +85,17 @@ class DetachScanner:
         return bytes(out), False
 
 
+def _proxy(socket_path: str, name: str, sig: str) -> None:
+    """Send the container the signal the CLI got (gone already: its exit
+    comes on the attach stream anyway)."""
+    from supervisor.client import Client, ClientError
+
+    with contextlib.suppress(ClientError):
+        Client(socket_path).request(
+            "POST", f"/v1/containers/{quote(name, safe='')}/kill?signal={sig}"
+        )
+
+
 def run_attach(
     socket_path: str,
     name: str,
@@ -104,10 +116,15 @@ def run_attach(
         raise AttachFailed(str(exc), exc.code) from None
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    old_winch = signal.signal(signal.SIGWINCH, lambda *_: None)
+    # SIGWINCH, SIGINT and SIGTERM are read from the wakeup pipe in the loop.
+    old_handlers = {
+        s: signal.signal(s, lambda *_: None)
+        for s in (signal.SIGWINCH, signal.SIGINT, signal.SIGTERM)
+    }
     saved_tty: list[Any] | None = None
     scanner = DetachScanner(keys)
     tty = False
+    interrupts = 0
     try:
         conn.send_text({"stdin": stdin, "start": start, "size": list(size) if size else None})
         reading_stdin = False
@@ -123,6 +140,17 @@ def run_attach(
                     size = terminal_size(stdin_fd if stdin_is_tty else 1)
                     if size:
                         conn.send_text({"resize": list(size)})
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    if sig not in signals:
+                        continue
+                    if tty:
+                        return DETACHED  # a terminal's ^C is a byte; a signal here ends the CLI
+                    # Docker's sig-proxy (without a terminal): the signal goes
+                    # to the container; a third SIGINT detaches the CLI.
+                    interrupts += sig == signal.SIGINT
+                    if interrupts >= 3:
+                        return DETACHED
+                    _proxy(socket_path, name, "INT" if sig == signal.SIGINT else "TERM")
             if reading_stdin and stdin_fd in ready:
                 data = os.read(stdin_fd, 65536)
                 if not data:
@@ -162,7 +190,8 @@ def run_attach(
     finally:
         if saved_tty is not None:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved_tty)
-        signal.signal(signal.SIGWINCH, old_winch)
+        for s, handler in old_handlers.items():
+            signal.signal(s, handler)
         signal.set_wakeup_fd(old_wakeup)
         os.close(wake_r)
         os.close(wake_w)

@@ -224,3 +224,47 @@ def test_attach_errors(running_daemon: Daemon) -> None:
     d.wait_for("done", lambda i: i["state"] == "exited")
     r = d.cli("attach", "done", check=False)
     assert r.returncode == 2 and "not running" in r.stderr
+
+
+def test_run_i_proxies_signals_and_a_third_sigint_detaches(running_daemon: Daemon) -> None:
+    """run -i without -t (Docker's sig-proxy): SIGINT/SIGTERM sent to the
+    CLI reach the command; a command that ignores SIGINT is left running
+    when a third one detaches the CLI."""
+    d = running_daemon
+    p = d.popen(
+        "run", "-i", "--rm", d.rootfs, "--", "sh", "-c",
+        'trap "echo got-int; exit 7" INT; echo ready; while true; do sleep 0.1; done',
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=60) == 7
+        assert p.stdout.read() == "got-int\n"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    p = d.popen(
+        "run", "-i", "--name", "stubborn", d.rootfs, "--", "sh", "-c",
+        'trap "" INT; echo ready; while true; do sleep 0.1; done',
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        def kills() -> int:
+            return d.log().count('"event": "container.kill"')
+
+        for i in range(2):  # each one forwarded before the next is sent (no coalescing)
+            before = kills()
+            p.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 60
+            while kills() == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert kills() == before + 1, f"SIGINT {i + 1} was not forwarded"
+        p.send_signal(signal.SIGINT)  # the third
+        assert p.wait(timeout=60) == 0
+        assert p.stderr is not None and "detached" in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert d.inspect("stubborn")["state"] == "running"
