@@ -277,6 +277,9 @@ class ContainerManager:
                 "workload_pid": run.workload_pid if run else None,
                 "workload_starttime": run.workload_starttime if run else None,
                 "last_delay_s": c.last_delay_s,
+                "health": c.health,
+                "health_failing_streak": c.health_failing_streak,
+                "health_log": c.health_log,
             },
             sync=sync,
             later=later,
@@ -581,9 +584,11 @@ class ContainerManager:
             elif not after_exit:
                 run = await self._launch(c)
             task_status.started()
+            resumed = adopted is not None
             while True:
                 if run is not None:
-                    await self._run_until_exit(c, run)
+                    await self._run_until_exit(c, run, resumed=resumed)
+                    resumed = False
                     run_s = (c.finished_at or time.time()) - run.started_at
                 else:
                     run_s = (c.finished_at or time.time()) - (c.started_at or time.time())
@@ -628,25 +633,33 @@ class ContainerManager:
             with trio.CancelScope(shield=True):
                 await self.remove(c.name)
 
-    async def _run_until_exit(self, c: Container, run: Run) -> None:
-        """Wait for the run's exit, probing its health meanwhile."""
+    async def _run_until_exit(self, c: Container, run: Run, *, resumed: bool = False) -> None:
+        """Wait for the run's exit, probing its health meanwhile (resumed: an
+        adopted run, see _watch_health)."""
         if c.spec.health is None:
             await self._wait_exit(c, run)
             return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_health, c, run)
+            nursery.start_soon(functools.partial(self._watch_health, c, run, resumed=resumed))
             await self._wait_exit(c, run)
             nursery.cancel_scope.cancel()
 
-    async def _watch_health(self, c: Container, run: Run) -> None:
+    async def _watch_health(self, c: Container, run: Run, *, resumed: bool = False) -> None:
+        """resumed: a run adopted after a daemon restart goes on from the
+        health its state file recorded (status, streak, log), not "starting"."""
         check = c.spec.health
         assert check is not None
-        c.health, c.health_failing_streak = "starting", 0
+        initial: health.Verdict | None = None
+        if resumed and c.health in ("starting", "healthy", "unhealthy"):
+            initial = health.Verdict(c.health, c.health_failing_streak)  # type: ignore[arg-type]
+        else:
+            c.health, c.health_failing_streak, c.health_log = "starting", 0, []
         self._publish_views(c)
 
         def report(verdict: health.Verdict, result: health.ProbeResult, changed: bool) -> None:
             c.health, c.health_failing_streak = verdict.status, verdict.failing_streak
             c.health_log = [*c.health_log, result.as_dict()][-health.LOG_KEEP :]
+            self._persist(c, later=True)  # a restarted daemon goes on from here
             if changed:
                 self._publish_views(c)
                 self.events.publish(
@@ -660,7 +673,13 @@ class ContainerManager:
         async def probe() -> health.ProbeResult:
             return await self.probe(c, run, check.command, check.timeout_s)
 
-        await health.watch(check, probe, report)
+        await health.watch(
+            check,
+            probe,
+            report,
+            initial=initial,
+            running_for_s=max(0.0, time.time() - run.started_at) if initial else 0.0,
+        )
         # Unhealthy and on_unhealthy = "restart": stop it like `stop` would
         # (stop signal, grace, SIGKILL of the cgroup) but not as the user:
         # the restart policy and its backoff decide what comes next.
@@ -948,6 +967,10 @@ class ContainerManager:
             c.exit_code = st.get("exit_code")
             c.oom_killed = bool(st.get("oom_killed", False))
             c.restart_count = int(st.get("restart_count", 0))
+            if c.spec.health is not None and st.get("health") is not None:
+                c.health = str(st["health"])
+                c.health_failing_streak = int(st.get("health_failing_streak", 0))
+                c.health_log = list(st.get("health_log") or [])[-health.LOG_KEEP :]
             c.stopped_by_user = bool(st.get("stopped_by_user", False))
             c.from_config = bool(st.get("from_config", False))
             c.state = "exited" if st.get("state") not in ("created",) else "created"

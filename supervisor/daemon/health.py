@@ -64,12 +64,21 @@ Probe = Callable[[], Awaitable[ProbeResult]]
 Report = Callable[[Verdict, ProbeResult, bool], None]
 
 
-async def watch(check: HealthCheck, probe: Probe, report: Report) -> Verdict:
+async def watch(
+    check: HealthCheck,
+    probe: Probe,
+    report: Report,
+    *,
+    initial: Verdict | None = None,
+    running_for_s: float = 0.0,
+) -> Verdict:
     """Probe every interval until the container is unhealthy and the check
     says to restart it (then return the verdict); otherwise run until
-    cancelled (the run ends). report(verdict, result, changed) after each probe."""
-    started = trio.current_time()
-    verdict = Verdict("starting", 0)
+    cancelled (the run ends). report(verdict, result, changed) after each probe.
+    `initial` and `running_for_s`: where a run adopted after a daemon restart
+    had got to (its verdict, and how long it has run: the start period)."""
+    started = trio.current_time() - running_for_s
+    verdict = initial or Verdict("starting", 0)
     while True:
         await trio.sleep(check.interval_s)
         result = await probe()

@@ -125,3 +125,39 @@ def test_health_options_are_validated(running_daemon: Daemon) -> None:
     assert r.returncode == 2 and "--on-unhealthy" in r.stderr and "restart" in r.stderr
     r = d.cli("run", "-d", "--health-interval", "1s", d.rootfs, "--", "true", check=False)
     assert r.returncode == 2 and "health_cmd" in r.stderr
+
+
+def test_health_survives_a_daemon_restart(daemon: Daemon) -> None:
+    """kill -9 of the daemon: the adopted container keeps its health status
+    and probe log (no "starting" again); the next probes go on from them."""
+    d = daemon
+    d.start()
+    d.cli(
+        "run", "-d", "--name", "web", "--health-cmd", "echo fine",
+        "--health-interval", "1s", "--health-start-period", "0s", d.rootfs, "--", "sleep", "1000",
+    )  # fmt: skip
+    before = d.wait_for("web", lambda i: i["health"] == "healthy", what="healthy")
+    logged = before["health_check"]["log"]
+    assert logged
+    until(
+        lambda: json.loads(
+            (Path(d.state_dir) / "containers" / "web" / "state.json").read_text()
+        ).get("health")
+        == "healthy",
+        what="the health in the state file",
+    )
+    assert d.proc is not None
+    d.proc.kill()
+    d.proc.wait()
+    d.start()
+    after = d.inspect("web")
+    assert after["pid"] == before["pid"]  # adopted
+    assert after["health"] == "healthy"
+    assert after["health_check"]["log"][: len(logged)] == logged
+    more = d.wait_for(
+        "web",
+        lambda i: len(i["health_check"]["log"]) > len(logged)
+        or i["health_check"]["log"][-1] != logged[-1],
+        what="a probe after the restart",
+    )
+    assert more["health"] == "healthy"
