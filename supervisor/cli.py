@@ -263,6 +263,7 @@ _UPDATE_SCALARS = frozenset(
         "cpuset_mems",
         "pids_limit",
         "io_weight",
+        "restart",
     }
 )
 
@@ -847,7 +848,11 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     raw = update_raw(args)
     if not raw:
-        raise CliError("nsvisor update: give at least one limit to change, e.g. --memory 64m", 2)
+        raise CliError(
+            "nsvisor update: give at least one limit to change, e.g. --memory 64m"
+            " (or --restart POLICY)",
+            2,
+        )
     client = _client(args)
     code = 0
     for name in args.names:
@@ -1146,7 +1151,11 @@ def _build_parser(only: str | None) -> argparse.ArgumentParser | None:
 
     _add_run_options(add("run", cmd_run, "create and start a container"))
 
-    p = add("update", cmd_update, "change the resource limits of containers in place")
+    p = add(
+        "update",
+        cmd_update,
+        "change the resource limits (and restart policy) of containers in place",
+    )
     p.add_argument("-m", "--memory", help="memory limit, e.g. 64m")
     p.add_argument("--memory-swap", help="memory + swap limit; -1 = unlimited swap")
     p.add_argument("--cpus", help="number of CPUs, e.g. 0.5")
@@ -1154,6 +1163,11 @@ def _build_parser(only: str | None) -> argparse.ArgumentParser | None:
     p.add_argument("--cpu-weight", help="cgroup v2 CPU weight (1..10000)")
     p.add_argument("--pids-limit", help="maximum number of processes (-1 = unlimited)")
     p.add_argument("--blkio-weight", dest="io_weight", help="block I/O weight (10..1000)")
+    p.add_argument(
+        "--restart",
+        metavar="POLICY",
+        help="restart policy from the next exit on: no, always, unless-stopped, on-failure[:N]",
+    )
     _add_limit_options(p)
     p.add_argument("names", nargs="+", metavar="NAME")
 

@@ -75,6 +75,8 @@ UPDATE_KEYS = frozenset(
         "device_write_iops",
         "oom_kill_disable",
         "oom_group",
+        # docker update --restart: the policy decides from the next exit on.
+        "restart",
     }
 )
 # A changed key drops the stored keys it is an alternative to: a new --memory
@@ -135,6 +137,9 @@ class Container:
     # The limits and device rules this daemon last applied to the cgroup
     # (in memory only: a restarted daemon applies them again once).
     prepared: tuple[Limits, tuple[DeviceRule, ...]] | None = None
+    # The cgroup was killed (cgroup.kill) since the last launch: it is made
+    # anew before the next one (ContainerManager._kill_cgroup).
+    cgroup_killed: bool = False
 
     @property
     def log_path(self) -> str:
@@ -451,6 +456,10 @@ class ContainerManager:
         c.error = None
         try:
             wanted = (translate.limits_for(c.spec), tuple(devices.rules_for(c.spec.devices)))
+            if c.cgroup_killed:
+                # Empty now (its run is over): made anew below (_kill_cgroup).
+                await trio.to_thread.run_sync(self.cgroups.remove, c.name)
+                c.cgroup_killed, c.prepared = False, None
             if c.prepared != wanted or not self._cgroup_exists(c.name):
                 # A restart finds the cgroup as the last launch left it
                 # (nothing but rm removes it): no thread hop, no writes.
@@ -501,6 +510,16 @@ class ContainerManager:
             started_at=run.started_at,  # the monitor's clock at exec (bench: restart latency)
         )
         return run
+
+    async def _kill_cgroup(self, c: Container) -> None:
+        """SIGKILL everything in the container's cgroup (cgroup.kill, or the
+        freezer loop on v1). The next launch makes the cgroup anew: on 6.18
+        a child cloned with CLONE_INTO_CGROUP into a cgroup that cgroup.kill
+        has ever been written to is killed at once (the kernel compares the
+        parent cgroup's kill_seq with the target's), so the workload of the
+        restart after a `kill` died before its execve."""
+        c.cgroup_killed = True
+        await trio.to_thread.run_sync(self.cgroups.kill, c.name)
 
     def _cgroup_exists(self, name: str) -> bool:
         return all(os.path.isdir(os.path.dirname(f)) for f in self.cgroups.procs_files(name))
@@ -688,13 +707,13 @@ class ContainerManager:
         self.events.publish("unhealthy_restart", c.name, failing_streak=c.health_failing_streak)
         self._set_state(c, "stop")
         if c.spec.stop_signal == signal.SIGKILL:
-            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await self._kill_cgroup(c)
         else:
             self._signal(c, c.spec.stop_signal)
         with trio.move_on_after(c.spec.stop_timeout_s):
             await run.done.wait()
         if not run.done.is_set():
-            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await self._kill_cgroup(c)
 
     # ---- exec ---------------------------------------------------------------
 
@@ -783,7 +802,7 @@ class ContainerManager:
             oom = False
             finished = time.time()
             log.warning("container.monitor_lost", container=c.name, monitor_exit=status)
-            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await self._kill_cgroup(c)
         run.exit_code, run.oom_killed = code, oom
         c.exit_code, c.oom_killed, c.finished_at = code, oom, finished
         if c.state == "restarting":  # adopted while in backoff: nothing to do
@@ -816,7 +835,7 @@ class ContainerManager:
             # without an exit record. Kill the workload's cgroup instead.
             if sig == signal.SIGSTOP:
                 raise StateError("SIGSTOP cannot be forwarded; pausing is not supported")
-            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await self._kill_cgroup(c)
             return
         self._signal(c, sig)
 
@@ -843,14 +862,14 @@ class ContainerManager:
         self._set_state(c, "stop")
         sig = c.spec.stop_signal
         if sig == signal.SIGKILL:
-            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await self._kill_cgroup(c)
         else:
             self._signal(c, sig)
         with trio.move_on_after(grace):
             await run.done.wait()
         if not run.done.is_set():
             log.info("container.stop_timeout", container=name, grace_s=grace)
-            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await self._kill_cgroup(c)
             await run.done.wait()
         await self._wait_unsupervised(c)
         self.events.publish("stop", name, exit_code=c.exit_code)
@@ -868,7 +887,7 @@ class ContainerManager:
             self._set_state(c, "stop")
         run = c.run
         if run is not None and not run.done.is_set():
-            await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+            await self._kill_cgroup(c)
             await run.done.wait()
         while c.supervised:
             await c.changed.wait()
@@ -1091,7 +1110,7 @@ class ContainerManager:
         try:
             if await trio.to_thread.run_sync(self.cgroups.populated, c.name):
                 log.warning("container.leftover_killed", container=c.name)
-                await trio.to_thread.run_sync(self.cgroups.kill, c.name)
+                await self._kill_cgroup(c)
         except (OSError, KernelError):
             pass  # no cgroup yet: nothing to clear
 

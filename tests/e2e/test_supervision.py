@@ -371,3 +371,23 @@ def test_exec_into_missing_or_stopped_container_fails_clearly(running_daemon: Da
     d.wait_for("done", lambda i: i["state"] == "exited")
     r = d.cli("exec", "done", "--", "true", check=False)
     assert r.returncode == 2 and "not running" in r.stderr
+
+
+def test_a_killed_container_restarts_by_its_policy_every_time(running_daemon: Daemon) -> None:
+    """`nsvisor kill` (SIGKILL through cgroup.kill) then the restart policy:
+    the next run starts, also after a second kill. On 6.18 a workload cloned
+    into a cgroup that was ever cgroup.kill'ed is killed by the kernel at
+    once, so the daemon makes the cgroup anew after a kill."""
+    d = running_daemon
+    d.cli("run", "-d", "--name", "k", "--restart", "always", d.rootfs, "--", "sleep", "1000")
+    pids = [d.wait_for("k", lambda i: i["state"] == "running")["pid"]]
+    for n in (1, 2):
+        d.cli("kill", "k")
+        info = d.wait_for(
+            "k",
+            lambda i, n=n: i["state"] == "running" and i["restart_count"] == n,  # type: ignore[misc]
+            what=f"running again after kill {n}",
+        )
+        assert info["pid"] not in pids
+        pids.append(info["pid"])
+    assert "restart_failed" not in d.log()

@@ -84,3 +84,21 @@ def test_bad_update_is_refused_and_changes_nothing(running_daemon: Daemon) -> No
     assert r.returncode == 1 and "no such container" in r.stderr, r
     info = d.inspect("keep")
     assert info["limits"]["memory_max"] == 64 << 20 and info["limits"]["memory_low"] is None
+
+
+def test_update_restart_changes_the_policy_from_the_next_exit_on(running_daemon: Daemon) -> None:
+    """docker update --restart: a container started with no policy is
+    restarted after its next exit once updated to always; a bad policy is
+    refused naming the option; the policy survives in inspect."""
+    d = running_daemon
+    d.cli("run", "-d", "--name", "r", d.rootfs, "--", "sleep", "1000")
+    first = d.wait_for("r", lambda i: i["state"] == "running")
+    r = d.cli("update", "--restart", "sometimes", "r", check=False)
+    assert r.returncode == 2 and "--restart" in r.stderr, r
+    d.cli("update", "--restart", "always", "r")
+    assert d.inspect("r")["restart_policy"] == "always"
+    d.cli("kill", "r")  # SIGKILL: a failure the old policy ("no") would have left alone
+    again = d.wait_for(
+        "r", lambda i: i["state"] == "running" and i["restart_count"] == 1, what="restarted"
+    )
+    assert again["pid"] != first["pid"]
