@@ -24,6 +24,8 @@ import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from supervisor.cgroups._fs import pread_all
+
 
 @dataclass(frozen=True)
 class NetDev:
@@ -93,7 +95,7 @@ class NetReader:
                 path = os.path.join(self.proc_root, str(pid), "net", "dev")
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                data = _pread_all(fd)
+                data = pread_all(fd)
             except OSError:
                 os.close(fd)
                 raise
@@ -111,16 +113,6 @@ class NetReader:
     def close(self) -> None:
         self.roll()
         self.roll()
-
-
-def _pread_all(fd: int) -> bytes:
-    data = os.pread(fd, 65536, 0)
-    if len(data) < 65536:
-        return data
-    chunks = [data]  # a namespace with hundreds of interfaces
-    while chunk := os.pread(fd, 65536, sum(len(c) for c in chunks)):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _inode(path: str) -> int | None:

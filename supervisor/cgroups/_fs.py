@@ -148,10 +148,12 @@ def stat_fd_budget() -> int:
     return max(0, (soft - FD_RESERVE) // 2)
 
 
-def _pread_all(fd: int) -> str:
+def pread_all(fd: int) -> bytes:
+    """The whole content of a seq_file (a cgroup or /proc file) through a
+    kept fd: pread from offset 0 runs its show handler again."""
     data = os.pread(fd, 65536, 0)
     if len(data) < 65536:
-        return data.decode()
+        return data
     # Rare (memory.stat of a big NUMA machine is ~2 KiB per node): go on
     # from where the first read stopped, as read() would.
     chunks = [data]
@@ -159,7 +161,11 @@ def _pread_all(fd: int) -> str:
     while chunk := os.pread(fd, 65536, offset):
         chunks.append(chunk)
         offset += len(chunk)
-    return b"".join(chunks).decode()
+    return b"".join(chunks)
+
+
+def _pread_all(fd: int) -> str:
+    return pread_all(fd).decode()
 
 
 def write_text(path: str, value: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Daemon
+from tests.e2e.test_supervision import ppid
 
 CLIENT = Path(sys.executable).with_name("nsvisor")
 
@@ -47,12 +48,21 @@ def wait_for_server(d: Daemon) -> None:
     assert path.exists(), d.log()
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
+def start_talker(d: Daemon) -> None:
+    """A container that prints "tick" ten times a second, once the server listens."""
+    wait_for_server(d)
+    d.cli("run", "-d", "--name", "talker", d.rootfs, "--", "sh", "-c",
+          "while true; do echo tick; sleep 0.1; done")  # fmt: skip
+
+
+def follow_talker(d: Daemon) -> subprocess.Popen[str]:
+    """`logs -f talker` through the C client."""
+    return subprocess.Popen(
+        [str(CLIENT), "--socket", d.socket, "logs", "-f", "talker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _server_pids(d: Daemon) -> list[int]:
@@ -112,15 +122,8 @@ def test_sigint_to_the_client_reaches_the_command(running_daemon: Daemon) -> Non
     """logs -f runs until interrupted: ^C (SIGINT to the client) ends the
     command in the worker, and the client exits with its code."""
     d = running_daemon
-    wait_for_server(d)
-    d.cli("run", "-d", "--name", "talker", d.rootfs, "--", "sh", "-c",
-          "while true; do echo tick; sleep 0.1; done")  # fmt: skip
-    p = subprocess.Popen(
-        [str(CLIENT), "--socket", d.socket, "logs", "-f", "talker"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    start_talker(d)
+    p = follow_talker(d)
     try:
         assert p.stdout is not None
         assert p.stdout.readline() == "tick\n"
@@ -145,17 +148,10 @@ def test_a_killed_client_ends_its_command(running_daemon: Daemon) -> None:
     """SIGKILL of the client (nothing to forward): the worker sees the
     connection close and its command ends, as with a terminal hang-up."""
     d = running_daemon
-    wait_for_server(d)
-    d.cli("run", "-d", "--name", "talker", d.rootfs, "--", "sh", "-c",
-          "while true; do echo tick; sleep 0.1; done")  # fmt: skip
     assert d.proc is not None
-    idle = {pid for pid in _server_pids(d) if _ppid(pid) != d.proc.pid}  # the waiting worker
-    p = subprocess.Popen(
-        [str(CLIENT), "--socket", d.socket, "logs", "-f", "talker"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    start_talker(d)
+    idle = {pid for pid in _server_pids(d) if ppid(pid) != d.proc.pid}  # the waiting worker
+    p = follow_talker(d)
     try:
         assert p.stdout is not None and p.stdout.readline() == "tick\n"
         busy = set(_server_pids(d)) & idle  # the worker that accepted: one of the idle ones
